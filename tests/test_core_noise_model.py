@@ -1,0 +1,107 @@
+"""Noise ladder and score network: shapes, dtypes, devices, level conditioning."""
+
+import math
+
+import pytest
+import torch
+
+from ncsn_core import NCSN, ToyScoreMLP, build_model, config_from_dict, geometric_sigmas, make_score_fn, suggest_sigma_max
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_geometric_ladder_matches_the_paper():
+    sigmas = geometric_sigmas(1.0, 0.01, 10)
+    assert sigmas.shape == (10,) and sigmas.dtype == torch.float32
+    assert sigmas[0].item() == pytest.approx(1.0) and sigmas[-1].item() == pytest.approx(0.01)
+    ratios = sigmas[1:] / sigmas[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, 0.01 ** (1 / 9)), rtol=1e-5)
+    assert torch.all(sigmas[:-1] > sigmas[1:])
+
+
+@pytest.mark.parametrize("args", [(0.01, 1.0, 10), (1.0, 0.0, 10), (1.0, 0.1, 0), (1.0, 0.5, 1)])
+def test_geometric_ladder_rejects_bad_arguments(args):
+    with pytest.raises(ValueError):
+        geometric_sigmas(*args)
+
+
+def test_suggest_sigma_max_is_the_largest_pairwise_distance():
+    points = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [-3.0, -4.0]])
+    assert suggest_sigma_max(points) == pytest.approx(10.0)
+    images = torch.zeros(5, 1, 2, 2)
+    images[3] = 1.0
+    assert suggest_sigma_max(images) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "channels,size,ngf", [(1, 8, 8), (1, 28, 8), (3, 32, 8), (3, 64, 4), (1, 7, 4)]
+)
+def test_ncsn_keeps_the_input_shape_for_every_configured_size(channels, size, ngf):
+    model = NCSN(channels, num_levels=10, ngf=ngf)
+    x = torch.rand(3, channels, size, size)
+    out = model(x, torch.tensor([0, 4, 9]))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_paper_widths_build_with_the_expected_parameter_scale():
+    mnist = build_model(config_from_dict({"data": {"channels": 1, "image_size": 28}, "model": {"ngf": 64}}))
+    cifar = build_model(config_from_dict({"data": {"channels": 3, "image_size": 32}, "model": {"ngf": 128}}))
+    n_mnist = sum(p.numel() for p in mnist.parameters())
+    n_cifar = sum(p.numel() for p in cifar.parameters())
+    # The original CIFAR-10 NCSN has about 30M parameters; width doubles -> ~4x parameters.
+    assert 25e6 < n_cifar < 35e6
+    assert 3.5 < n_cifar / n_mnist < 4.5
+
+
+def test_ncsn_is_conditioned_on_the_level():
+    torch.manual_seed(0)
+    model = NCSN(1, num_levels=10, ngf=8)
+    with torch.no_grad():  # make the per-level embeddings clearly different
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.weight.normal_(1.0, 0.5)
+    x = torch.rand(1, 1, 8, 8).repeat(2, 1, 1, 1)
+    out = model(x, torch.tensor([0, 9]))
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+    again = model(x, torch.tensor([0, 0]))
+    assert torch.allclose(again[0], again[1], atol=1e-5)
+
+
+def test_ncsn_maps_pixels_to_minus_one_one_inside():
+    model = NCSN(1, num_levels=2, ngf=4)
+    captured = {}
+    model.begin_conv.register_forward_hook(lambda mod, inp, out: captured.setdefault("x", inp[0]))
+    x = torch.rand(2, 1, 8, 8)
+    model(x, torch.tensor([0, 1]))
+    assert torch.allclose(captured["x"], 2 * x - 1)
+
+
+def test_toy_mlp_shapes_and_conditioning():
+    model = ToyScoreMLP(dim=2, num_levels=3, hidden=16, depth=2)
+    with torch.no_grad():
+        model.films[0].weight.normal_()
+    x = torch.randn(4, 2)
+    out = model(x.repeat(2, 1), torch.tensor([0] * 4 + [2] * 4))
+    assert out.shape == (8, 2)
+    assert not torch.allclose(out[:4], out[4:])
+
+
+def test_bf16_score_fn_returns_float32_on_cpu():
+    model = NCSN(1, num_levels=2, ngf=4)
+    x = torch.rand(2, 1, 8, 8)
+    fp32 = make_score_fn(model)(x, torch.tensor([0, 1]))
+    bf16 = make_score_fn(model, precision="bf16")(x, torch.tensor([0, 1]))
+    assert bf16.dtype == torch.float32 and bf16.shape == x.shape
+    assert torch.allclose(fp32, bf16, atol=0.1 * fp32.abs().max().item() + 1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        make_score_fn(model, precision="fp8")
+
+
+@CUDA
+def test_ncsn_runs_on_cuda():
+    model = NCSN(3, num_levels=10, ngf=8).cuda()
+    x = torch.rand(2, 3, 32, 32, device="cuda")
+    out = make_score_fn(model, precision="bf16")(x, torch.tensor([0, 9], device="cuda"))
+    assert out.device.type == "cuda" and out.shape == x.shape and out.dtype == torch.float32
+    assert math.isfinite(out.sum().item())
