@@ -1,0 +1,149 @@
+"""Prepared image datasets: a folder of Parquet shards plus a manifest written last.
+
+Layout under the dataset URI::
+
+    shard-00000.parquet, shard-00001.parquet, ...   rows: id int64, image binary (PNG), label int64|null
+    manifest.json                                   written last; its presence = complete
+
+Manifest (JSON)::
+
+    {"format": "ncsn-dataset", "version": 1, "name": ..., "height": H, "width": W,
+     "channels": C, "num_rows": N, "shards": [{"path": ..., "num_rows": n, "first_id": a,
+     "last_id": b}, ...], "source": {...}}
+
+Ids are stable: row k of the source gets id k, so a re-run writes identical shards.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .figures import decode_png, png_bytes
+from .storage import Storage, StorageError
+
+__all__ = [
+    "DatasetError",
+    "DatasetManifest",
+    "ShardInfo",
+    "MANIFEST_NAME",
+    "SCHEMA",
+    "shard_name",
+    "write_shard",
+    "write_manifest",
+    "read_manifest",
+    "decode_images",
+    "encode_rows",
+]
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "ncsn-dataset"
+VERSION = 1
+SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("label", pa.int64())])
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used (missing, incomplete, inconsistent); names the URI."""
+
+
+@dataclass
+class ShardInfo:
+    path: str
+    num_rows: int
+    first_id: int
+    last_id: int
+
+
+@dataclass
+class DatasetManifest:
+    name: str
+    height: int
+    width: int
+    channels: int
+    num_rows: int
+    shards: list[ShardInfo]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: Any, uri: str) -> "DatasetManifest":
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise DatasetError(f"{uri}: {MANIFEST_NAME} is not an ncsn dataset manifest")
+        try:
+            shards = [ShardInfo(**s) for s in raw["shards"]]
+            return cls(
+                name=str(raw["name"]),
+                height=int(raw["height"]),
+                width=int(raw["width"]),
+                channels=int(raw["channels"]),
+                num_rows=int(raw["num_rows"]),
+                shards=shards,
+                source=dict(raw.get("source") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(f"{uri}: malformed {MANIFEST_NAME} ({err})") from err
+
+    def shard_paths(self, storage: Storage) -> list[str]:
+        """Filesystem paths of the shards (for ``ray.data.read_parquet(..., filesystem=storage.fs)``)."""
+        return [storage.full(s.path) for s in self.shards]
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def encode_rows(images_hwc: np.ndarray, ids: Iterable[int], labels: Iterable[int | None]) -> pa.Table:
+    """``(N, H, W, C)`` uint8 images -> a table with :data:`SCHEMA` (images PNG-encoded)."""
+    return pa.table(
+        {
+            "id": pa.array(list(ids), pa.int64()),
+            "image": pa.array([png_bytes(img) for img in images_hwc], pa.binary()),
+            "label": pa.array(list(labels), pa.int64()),
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_shard(storage: Storage, name: str, table: pa.Table) -> None:
+    """Write one Parquet shard as a single object (never visible half-written)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes(name, sink.getvalue())
+
+
+def write_manifest(storage: Storage, manifest: DatasetManifest) -> None:
+    """Write the manifest: call this last, after every shard is in place."""
+    storage.write_json(MANIFEST_NAME, manifest.to_json())
+
+
+def read_manifest(storage: Storage) -> DatasetManifest:
+    """The manifest of a complete dataset, or :class:`DatasetError` saying what is wrong."""
+    try:
+        present = storage.exists(MANIFEST_NAME)
+    except StorageError as err:
+        raise DatasetError(str(err)) from err
+    if not present:
+        hint = "it holds shards but no manifest: it is incomplete" if storage.exists() else "it does not exist"
+        raise DatasetError(
+            f"{storage.uri}: not a prepared dataset ({hint}); run "
+            f"`python jobs/prepare_data.py --dataset NAME --out {storage.uri}` first"
+        )
+    return DatasetManifest.from_json(storage.read_json(MANIFEST_NAME), storage.uri)
+
+
+def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:
+    """PNG bytes -> ``(N, H, W, C)`` uint8."""
+    return np.stack([decode_png(b, channels) for b in png_column])
+
+
+def iter_tables(storage: Storage, manifest: DatasetManifest) -> Iterator[pa.Table]:
+    """Read the shards one by one in order (single process; Ray Data is used for training)."""
+    for shard in manifest.shards:
+        yield pq.read_table(io.BytesIO(storage.read_bytes(shard.path)), schema=SCHEMA)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real S3 API on loopback (moto's ThreadedMotoServer).
+
+The server listens on 127.0.0.1 with an OS-chosen port. Tests get fake credentials through
+the standard AWS environment variables only (the way users' credentials arrive), and the
+endpoint through ``AWS_ENDPOINT_URL`` for subprocesses or ``endpoint_url=`` in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """``{"endpoint": "http://127.0.0.1:PORT", "env": {...}}`` for a moto server shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in FAKE_AWS_ENV}
+    os.environ.update(FAKE_AWS_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        yield {"endpoint": endpoint, "env": {**FAKE_AWS_ENV, "AWS_ENDPOINT_URL": endpoint}}
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the moto server; returns ``(bucket_name, endpoint)``."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
+    return name, s3_server["endpoint"]
