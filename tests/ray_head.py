@@ -1,0 +1,544 @@
+"""A real local Ray cluster with token authentication, for end-to-end tests.
+
+Test support, not a test module. ``local_ray_head`` runs ``ray start --head --block`` on
+127.0.0.1 with every port chosen free by the OS (several test modules may start one after
+another, or at the same time), waits until the job API answers, yields a ``RayHead``, and
+on exit stops exactly this cluster -- never ``ray stop`` (that kills every Ray process on
+the machine, including other people's clusters and embedded ``ray.init()`` instances).
+
+How token authentication works here (Ray 2.60, see ``ray/_private/authentication/``):
+
+- ``RAY_AUTH_MODE=token`` in the environment of ``ray start`` turns authentication on for
+  the GCS, the raylet and the dashboard / job API (HTTP answers 401 without a token and 403
+  with a wrong one).
+- The token is looked up in this order: ``RAY_AUTH_TOKEN`` (the token itself),
+  ``RAY_AUTH_TOKEN_PATH`` (a file holding it), ``~/.ray/auth_token`` (what
+  ``ray get-auth-token --generate`` writes). ``ray start`` does not create a token; it
+  must exist first. A client (``ray job submit``, ``JobSubmissionClient``, ``ray.init``)
+  sends ``Authorization: Bearer <token>`` when ``RAY_AUTH_MODE=token`` is set in *its*
+  environment and finds the token the same way.
+- This module generates a fresh random token per cluster, writes it to a 0600 file under
+  ``tmp_path`` and passes only ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN_PATH``: the token
+  itself never appears in an environment listing, a command line or a log, and the
+  user's ``~/.ray/auth_token`` is neither read nor written.
+
+Isolation: the head gets a private short ``--temp-dir`` (so a plain ``ray.init()``
+elsewhere on the machine does not discover and join it) and an environment marker
+``NCSN_RAY_HEAD_TAG=<uuid>`` that every process of the cluster inherits (GCS, raylet,
+dashboard, workers, job drivers). Shutdown sends SIGTERM to the ``ray start --block``
+process (which tears its node down), then SIGKILLs every process still carrying the marker
+and the process group, and removes the temp dir.
+
+Environment of jobs -- two places, with different reach:
+
+- ``local_ray_head(env=...)``: added to the environment of ``ray start``. Every Ray process
+  on the node inherits it, so the job driver (which runs on the head node for a
+  ``ray start`` head) and all its workers see it. This is how a real node gets credentials
+  (instance role, pod identity, node environment): use it for secrets such as
+  ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``. The head otherwise inherits the
+  caller's environment (as ``ray start`` typed in a shell would), minus ``RAY_ADDRESS`` and
+  ``RAY_AUTH_*`` which are set explicitly.
+- ``submit_job(env=...)``: sent as the job's ``runtime_env`` ``env_vars`` (from a YAML file,
+  not the command line). They reach the driver and every task and actor of the job on any
+  node, but they are stored with the job and readable through the job API by anyone who
+  holds the token: use them for non-secrets such as ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+__all__ = [
+    "RayHead",
+    "local_ray_head",
+    "submit_job",
+    "job_succeeded",
+    "job_output",
+    "http_status",
+    "unauthenticated_status",
+    "cluster_processes",
+    "WORKING_DIR_EXCLUDES",
+]
+
+MARKER_VAR = "NCSN_RAY_HEAD_TAG"
+
+# Passed as runtime_env ``excludes`` (gitignore syntax, relative to the working dir) on top
+# of what Ray already skips: its defaults (.git, .venv, venv, __pycache__) and whatever
+# the working dir's .gitignore / .rayignore list (runs/, build/, ... for this repo).
+WORKING_DIR_EXCLUDES = [
+    ".git/",
+    "runs/",
+    "**/__pycache__/",
+    ".pytest_cache/",
+    "*.egg-info/",
+    "build/",
+    "dist/",
+    ".venv/",
+    "venv/",
+    "*.pt.tmp",
+]
+
+# Variables of the caller that must not leak into the cluster or the CLI: the cluster's own
+# auth and address are set explicitly.
+_STRIPPED_VARS = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+)
+
+_PORT_NAMES = (
+    "port",  # GCS
+    "dashboard-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "node-manager-port",
+    "object-manager-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+)
+
+
+@dataclass
+class RayHead:
+    """A running local head. Holds the token's *path*, never the token."""
+
+    address: str  # GCS address, "127.0.0.1:PORT" (what ray.init(address=...) takes)
+    dashboard_url: str  # "http://127.0.0.1:PORT": job API, what `ray job submit --address` takes
+    env: dict[str, str]  # what a client subprocess needs to authenticate (RAY_AUTH_*)
+    ports: dict[str, int]
+    temp_dir: str
+    log_path: Path
+    tmp_path: Path
+    tag: str
+    process: subprocess.Popen = field(repr=False)
+
+    @property
+    def token_path(self) -> Path:
+        return Path(self.env["RAY_AUTH_TOKEN_PATH"])
+
+    def auth_headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer ..."}`` for in-process HTTP calls. Do not log it."""
+        return {"Authorization": "Bearer " + self.token_path.read_text().strip()}
+
+    def client_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A full environment for a client subprocess (``ray job ...``, a driver)."""
+        base = {k: v for k, v in os.environ.items() if k not in _STRIPPED_VARS and k != MARKER_VAR}
+        return {**base, **self.env, **(extra or {})}
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def _ray_cli() -> list[str]:
+    """The ``ray`` CLI of the running interpreter's installation."""
+    beside = Path(sys.executable).parent / "ray"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("ray")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports the OS reports free on 127.0.0.1 (held open until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http_status(
+    url: str, *, headers: dict[str, str] | None = None, method: str = "GET", timeout: float = 5.0
+) -> int:
+    """The HTTP status of one request (0 when nothing answers)."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0
+
+
+def unauthenticated_status(head: RayHead, path: str = "/api/jobs/", *, method: str = "GET") -> int:
+    """Status of a request to the job API *without* a token (401 expected with auth on)."""
+    return http_status(head.dashboard_url + path, method=method)
+
+
+def cluster_processes(tag: str) -> list[int]:
+    """PIDs of live processes whose initial environment carries ``MARKER_VAR=tag`` (Linux)."""
+    needle = f"{MARKER_VAR}={tag}".encode()
+    me = os.getpid()
+    pids = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pids
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            pids.append(pid)
+    return pids
+
+
+def _redact(text: str, head_token_path: Path) -> str:
+    try:
+        token = head_token_path.read_text().strip()
+    except OSError:
+        return text
+    return text.replace(token, "<token>") if token else text
+
+
+def _tail(path: Path, token_path: Path, n: int = 4000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "<no log>"
+    return _redact(text[-n:], token_path)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+
+
+def _subreaper(on: bool | None) -> bool | None:
+    """Make this process a child subreaper (Linux), so that the cluster's orphans become
+    our children and can be reaped instead of lingering as zombies under a PID 1 that does
+    not reap. Returns the previous setting (None where unsupported)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prev = ctypes.c_int(0)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(prev), 0, 0, 0) != 0:
+            return None
+        if on is not None:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+        return bool(prev.value)
+    except (OSError, AttributeError):
+        return None
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, session) of a process from /proc/PID/stat, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def _reap_zombies(seen: set[int], session: int) -> None:
+    """waitpid the cluster's processes that ended as our (zombie) children."""
+    me = os.getpid()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        st = _stat(pid)
+        if st is None or st[0] != "Z" or st[1] != me:
+            continue
+        if pid in seen or st[2] == session:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _stop_cluster(process: subprocess.Popen, tag: str, temp_dir: str) -> list[int]:
+    """Stop exactly this cluster; returns the PIDs that had to be SIGKILLed."""
+    seen = set(cluster_processes(tag))
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)  # ray start --block tears its node down
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(timeout=10)
+    killed: list[int] = []
+    deadline = time.monotonic() + 20
+    while True:
+        left = cluster_processes(tag)
+        seen.update(left)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # The process group of `ray start` (its own session): anything left in it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    # Orphans reparent to us (subreaper) a moment after their parent dies: reap twice.
+    for _ in range(3):
+        _reap_zombies(seen, process.pid)
+        time.sleep(0.2)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return sorted(set(killed))
+
+
+@contextlib.contextmanager
+def local_ray_head(
+    *,
+    num_cpus: int = 2,
+    object_store_memory: int = 200_000_000,
+    env: dict[str, str] | None = None,
+    tmp_path: Path | str,
+    num_gpus: int | None = None,
+    startup_timeout: float = 180.0,
+) -> Iterator[RayHead]:
+    """Start a token-authenticated local Ray head; stop it (and only it) on exit.
+
+    ``env`` is added to the environment of ``ray start``: every process of the cluster,
+    job drivers included, inherits it (see the module docstring for where secrets go).
+    ``tmp_path`` holds the token file, the head's log and runtime_env files for jobs.
+    """
+    tmp_path = Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    token_path = tmp_path / "ray_auth_token"
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+    ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES))))
+    # Unix socket paths live under the temp dir and are limited to ~107 bytes: keep it short.
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    tag = uuid.uuid4().hex
+    log_path = tmp_path / "ray_head.log"
+
+    head_env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_VARS}
+    # `python` in a job entrypoint must be this interpreter.
+    head_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + head_env.get("PATH", "")
+    head_env.update(
+        {
+            **auth_env,
+            MARKER_VAR: tag,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # No 30 s node drain on SIGTERM: nothing to drain in a test cluster.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+    )
+    head_env.update(env or {})
+
+    cmd = _ray_cli() + [
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--num-cpus={num_cpus}",
+        f"--object-store-memory={int(object_store_memory)}",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    cmd += [f"--{name}={port}" for name, port in ports.items()]
+
+    prev_subreaper = _subreaper(True)
+    try:
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                cmd,
+                env=head_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: cleanup cannot reach the caller
+                cwd=str(tmp_path),
+            )
+    except BaseException:
+        if prev_subreaper is not None:
+            _subreaper(prev_subreaper)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    head = RayHead(
+        address=f"127.0.0.1:{ports['port']}",
+        dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}",
+        env=auth_env,
+        ports=ports,
+        temp_dir=temp_dir,
+        log_path=log_path,
+        tmp_path=tmp_path,
+        tag=tag,
+        process=process,
+    )
+    try:
+        _wait_ready(head, startup_timeout)
+        yield head
+    finally:
+        try:
+            _stop_cluster(process, tag, temp_dir)
+        finally:
+            if prev_subreaper is not None:
+                _subreaper(prev_subreaper)
+
+
+def _wait_ready(head: RayHead, timeout: float) -> None:
+    """Until the job API answers an authenticated request and the node's agent is up."""
+    deadline = time.monotonic() + timeout
+    agent = f"http://127.0.0.1:{head.ports['dashboard-agent-listen-port']}/api/local_raylet_healthz"
+    while time.monotonic() < deadline:
+        if not head.alive():
+            raise RuntimeError(
+                f"ray start exited with code {head.process.returncode}; log tail:\n"
+                + _tail(head.log_path, head.token_path)
+            )
+        if (
+            http_status(head.dashboard_url + "/api/jobs/", headers=head.auth_headers()) == 200
+            and http_status(agent) == 200
+        ):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"Ray head not ready after {timeout:.0f} s; log tail:\n" + _tail(head.log_path, head.token_path)
+    )
+
+
+def submit_job(
+    head: RayHead,
+    entrypoint_args: list[str],
+    *,
+    working_dir: str | os.PathLike,
+    env: dict[str, str] | None = None,
+    timeout: float,
+    excludes: list[str] | None = None,
+    runtime_env: dict | None = None,
+    entrypoint_num_cpus: float | None = None,
+) -> subprocess.CompletedProcess:
+    """``ray job submit`` to ``head`` with its token; blocks until the job ends or ``timeout``.
+
+    Runs ``ray job submit --address <dashboard_url> --submission-id <id> --working-dir <dir>
+    --runtime-env <file> -- <entrypoint_args...>`` with ``RAY_AUTH_MODE=token`` and
+    ``RAY_AUTH_TOKEN_PATH`` in the CLI's environment. The entrypoint is quoted by the CLI
+    (``shlex.join``), so pass it as a list: ``["python", "jobs/train.py", "--steps", "2"]``.
+    ``python`` in the entrypoint is the interpreter running the tests.
+
+    ``env`` becomes the job's runtime_env ``env_vars``, written to a YAML file beside the
+    token (never on the command line). They reach the driver and all the job's tasks and
+    actors. They are stored with the job and visible through the (authenticated) job API,
+    so pass non-secrets here (``AWS_ENDPOINT_URL``); give secrets to ``local_ray_head(env=)``
+    instead, which is the node's own environment.
+
+    ``working_dir`` is zipped and uploaded; ``excludes`` (default ``WORKING_DIR_EXCLUDES``,
+    gitignore syntax) are skipped on top of Ray's defaults and the dir's .gitignore.
+    ``runtime_env`` (e.g. ``yaml.safe_load`` of cluster/runtime_env.yaml) is the base the
+    above are merged into: its own ``excludes`` win over the default, ``env`` is added to
+    its ``env_vars``, and ``working_dir`` replaces its working_dir.
+
+    Returns the CompletedProcess (stdout holds the job's streamed logs; return code 1 when
+    the job failed). On timeout the job is stopped on the cluster and
+    ``subprocess.TimeoutExpired`` is raised with the output so far.
+    """
+    submission_id = f"test-{uuid.uuid4().hex[:12]}"
+    runtime_env = dict(runtime_env or {})
+    runtime_env.pop("working_dir", None)  # --working-dir below
+    if excludes is not None or "excludes" not in runtime_env:
+        runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES if excludes is None else excludes)
+    if env:
+        merged = dict(runtime_env.get("env_vars") or {})
+        merged.update({str(k): str(v) for k, v in env.items()})
+        runtime_env["env_vars"] = merged
+    env_file = head.tmp_path / f"runtime_env_{submission_id}.yaml"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(runtime_env, f)
+
+    cmd = _ray_cli() + [
+        "job",
+        "submit",
+        "--address",
+        head.dashboard_url,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(working_dir),
+        "--runtime-env",
+        str(env_file),
+    ]
+    if entrypoint_num_cpus is not None:
+        cmd += ["--entrypoint-num-cpus", str(entrypoint_num_cpus)]
+    cmd += ["--", *entrypoint_args]
+    try:
+        return subprocess.run(
+            cmd,
+            env=head.client_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        # The CLI was killed; the job still runs on the cluster: stop it.
+        subprocess.run(
+            _ray_cli() + ["job", "stop", "--address", head.dashboard_url, submission_id],
+            env=head.client_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        raise subprocess.TimeoutExpired(e.cmd, e.timeout, output=e.output, stderr=e.stderr) from None
+
+
+def job_succeeded(result: subprocess.CompletedProcess) -> bool:
+    """True when ``ray job submit`` reports the job succeeded (exit 0 alone also covers 'stopped')."""
+    return result.returncode == 0 and "succeeded" in (result.stdout or "") + (result.stderr or "")
+
+
+def job_output(result: subprocess.CompletedProcess) -> str:
+    """stdout and stderr of a ``submit_job`` result, for assertion messages."""
+    return f"--- exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+if __name__ == "__main__":  # manual smoke run: python tests/ray_head.py
+    with tempfile.TemporaryDirectory() as d, local_ray_head(tmp_path=d) as h:
+        print(json.dumps({"address": h.address, "dashboard_url": h.dashboard_url}))
+        print("unauthenticated:", unauthenticated_status(h))

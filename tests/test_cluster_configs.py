@@ -1,0 +1,318 @@
+"""cluster/: the AWS launcher config, the KubeRay manifests and the job runtime_env.
+
+Checked offline: the launcher YAML against the JSON schema Ray ships and Ray's own
+``prepare_config`` / ``validate_config`` (no AWS call), the KubeRay manifests against the
+fields KubeRay requires, the job entrypoints against the commands the README documents and
+the flags the job scripts define, and every file for credentials. One test submits a job
+with cluster/runtime_env.yaml to a real local Ray cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+AWS_YAML = CLUSTER / "aws.yaml"
+RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
+KUBERAY = CLUSTER / "kuberay"
+RAYCLUSTER = KUBERAY / "raycluster.yaml"
+RAYJOBS = {"train": KUBERAY / "rayjob-train.yaml", "generate": KUBERAY / "rayjob-generate.yaml"}
+
+# The cloud workflow, as documented in the README ("Running on a cloud cluster"). The
+# RayJob entrypoints must be exactly these strings.
+BUCKET = "s3://my-ncsn-bucket"
+EXPECTED_COMMANDS = {
+    "prepare": f"python jobs/prepare_data.py --dataset cifar10 --out {BUCKET}/datasets/cifar10",
+    "train": (
+        f"python jobs/train.py --config jobs/configs/cifar10.yaml --data {BUCKET}/datasets/cifar10"
+        f" --storage {BUCKET}/runs --name ncsn-cifar10 --num-workers 4 --use-gpu"
+    ),
+    "generate": (
+        f"python jobs/generate.py --checkpoint {BUCKET}/runs/ncsn-cifar10 --n 50000"
+        f" --out {BUCKET}/samples/ncsn-cifar10 --batch-size 500 --min-actors 1 --max-actors 4"
+        " --use-gpu --seed 0"
+    ),
+    "evaluate": (
+        f"python jobs/evaluate.py --samples {BUCKET}/samples/ncsn-cifar10"
+        f" --reference {BUCKET}/datasets/cifar10 --metrics fid,isc,kid"
+    ),
+}
+
+SECRET_KEY_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE")
+SECRET_PATTERNS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # an AWS access key id
+    re.compile(r"(?i)aws_secret_access_key\s*[:=]\s*['\"]?[A-Za-z0-9/+=]{16,}"),
+    re.compile(r"(?i)aws_session_token\s*[:=]\s*['\"]?\S{16,}"),
+    re.compile(r"(?i)\b(password|passwd)\s*[:=]\s*['\"]?\S{4,}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)bearer\s+[a-f0-9]{32,}"),
+]
+
+
+def load(path: Path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def cluster_files() -> list[Path]:
+    return sorted(p for p in CLUSTER.rglob("*") if p.is_file())
+
+
+def test_cluster_folder_has_the_expected_files():
+    names = {p.relative_to(CLUSTER).as_posix() for p in cluster_files()}
+    assert {"aws.yaml", "runtime_env.yaml", "Dockerfile", "kuberay/raycluster.yaml"} <= names
+    assert {"kuberay/rayjob-train.yaml", "kuberay/rayjob-generate.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", cluster_files(), ids=lambda p: p.relative_to(CLUSTER).as_posix())
+def test_no_credentials_in_cluster_files(path):
+    text = path.read_text()
+    for pattern in SECRET_PATTERNS:
+        assert not pattern.search(text), f"{path.name}: looks like a credential ({pattern.pattern})"
+
+
+def secret_looking(key: str) -> bool:
+    return any(word in key.upper() for word in SECRET_KEY_WORDS)
+
+
+# --------------------------------------------------------------------------- AWS launcher
+
+
+@pytest.fixture(scope="module")
+def aws():
+    return load(AWS_YAML)
+
+
+def test_aws_yaml_matches_rays_json_schema(aws):
+    jsonschema = pytest.importorskip("jsonschema")
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(aws, schema)
+
+
+def test_aws_yaml_passes_rays_own_config_preparation(aws):
+    pytest.importorskip("jsonschema")  # validate_config needs it
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(aws))  # merges Ray's AWS defaults; no AWS call
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "aws"
+    types = prepared["available_node_types"]
+    assert types[prepared["head_node_type"]]["max_workers"] == 0
+    # The head's setup is the common setup (install this project).
+    assert any("pip install" in c for c in prepared["head_setup_commands"])
+
+
+def test_aws_head_runs_no_tasks_and_workers_autoscale_from_zero(aws):
+    types = aws["available_node_types"]
+    head = types[aws["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}, "tasks and actors must not land on the head"
+    workers = {name: t for name, t in types.items() if name != aws["head_node_type"]}
+    gpu = [t for t in workers.values() if re.match(r"^(g\d|p\d)", t["node_config"]["InstanceType"])]
+    cpu = [t for t in workers.values() if not re.match(r"^(g\d|p\d)", t["node_config"]["InstanceType"])]
+    assert len(gpu) == 1 and len(cpu) == 1, "one GPU worker type (training, sampling), one CPU type (data)"
+    for t in workers.values():
+        assert t["min_workers"] == 0
+        assert 1 <= t["max_workers"] <= aws["max_workers"]
+        assert t["node_config"].get("IamInstanceProfile"), "workers need a profile to reach the bucket"
+    assert aws["idle_timeout_minutes"] > 0
+    assert aws["provider"]["region"]
+    assert aws["provider"].get("cache_stopped_nodes") is False
+
+
+def test_aws_spot_is_documented_and_off_by_default(aws):
+    text = AWS_YAML.read_text()
+    assert re.search(r"#\s*InstanceMarketOptions:", text) and re.search(r"#\s*MarketType: spot", text)
+    for t in aws["available_node_types"].values():
+        assert "InstanceMarketOptions" not in t["node_config"]
+
+
+def test_aws_nodes_install_the_project_and_use_token_auth(aws):
+    version = ray_version()
+    docker = aws["docker"]
+    for image in [docker["image"], docker["head_image"]] + [
+        t.get("docker", {}).get("worker_image") for t in aws["available_node_types"].values()
+    ]:
+        if image:
+            assert image.startswith(f"rayproject/ray:{version}-"), image
+    assert aws["file_mounts"]["~/ncsn"] == "."
+    assert aws["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any(c.startswith("pip install") and "~/ncsn" in c for c in aws["setup_commands"])
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in aws[key] if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
+    assert "runs/" in aws["rsync_exclude"] and ".git/" in aws["rsync_exclude"]
+
+
+# --------------------------------------------------------------------------- KubeRay
+
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_pod_template(template: dict, where: str) -> list[dict]:
+    containers = template["spec"]["containers"]
+    assert isinstance(containers, list) and containers, f"{where}: template.spec.containers"
+    for c in containers:
+        assert c.get("name") and c.get("image"), f"{where}: every container needs name and image"
+        for e in c.get("env", []):
+            assert "name" in e and ("value" in e or "valueFrom" in e), f"{where}: env {e}"
+            if secret_looking(e["name"]):
+                assert "valueFrom" in e, f"{where}: {e['name']} must come from a Secret"
+    return containers
+
+
+def check_raycluster_spec(spec: dict, where: str) -> None:
+    assert spec["rayVersion"] == ray_version(), f"{where}: rayVersion"
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: token auth"
+    head = spec["headGroupSpec"]
+    params = head["rayStartParams"]
+    assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values())
+    assert params.get("num-cpus") == "0", f"{where}: the head runs no tasks"
+    head_containers = check_pod_template(head["template"], f"{where} head")
+    assert {p["containerPort"] for p in head_containers[0]["ports"]} >= {6379, 8265}
+    groups = spec["workerGroupSpecs"]
+    assert isinstance(groups, list) and groups
+    names = [g["groupName"] for g in groups]
+    assert len(set(names)) == len(names) and all(DNS1123.match(n) for n in names)
+    gpu_groups = 0
+    for g in groups:
+        assert isinstance(g["rayStartParams"], dict)
+        assert all(isinstance(v, str) for v in g["rayStartParams"].values())
+        assert g["minReplicas"] == 0, f"{where} {g['groupName']}: autoscale from zero"
+        assert g["minReplicas"] <= g.get("replicas", 0) <= g["maxReplicas"]
+        assert g["maxReplicas"] >= 1
+        containers = check_pod_template(g["template"], f"{where} {g['groupName']}")
+        limits = containers[0]["resources"]["limits"]
+        gpu_groups += "nvidia.com/gpu" in limits
+    assert gpu_groups == 1, f"{where}: one GPU worker group"
+    images = {c["image"] for c in head_containers} | {
+        c["image"] for g in groups for c in g["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1, f"{where}: one image for head and workers: {images}"
+
+
+def test_raycluster_manifest_has_the_fields_kuberay_requires():
+    docs = [d for d in yaml.safe_load_all(RAYCLUSTER.read_text()) if d]
+    assert len(docs) == 1
+    rc = docs[0]
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    assert DNS1123.match(rc["metadata"]["name"])
+    check_raycluster_spec(rc["spec"], "raycluster.yaml")
+
+
+def test_dockerfile_builds_on_the_same_ray_version():
+    first = next(
+        line for line in (CLUSTER / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")
+    )
+    assert first.split()[1].startswith(f"rayproject/ray:{ray_version()}-py3")
+
+
+@pytest.mark.parametrize("kind", sorted(RAYJOBS))
+def test_rayjob_manifests(kind):
+    docs = [d for d in yaml.safe_load_all(RAYJOBS[kind].read_text()) if d]
+    assert len(docs) == 1
+    job = docs[0]
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert DNS1123.match(job["metadata"]["name"])
+    spec = job["spec"]
+    assert spec["entrypoint"] == EXPECTED_COMMANDS[kind]
+    assert spec["shutdownAfterJobFinishes"] is True
+    check_raycluster_spec(spec["rayClusterSpec"], RAYJOBS[kind].name)
+    # The same cluster as raycluster.yaml (its comments document every field).
+    assert spec["rayClusterSpec"] == load(RAYCLUSTER)["spec"]
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"] == "/home/ray/ncsn"
+    assert not [k for k in runtime_env.get("env_vars", {}) if secret_looking(k)]
+    from ray.runtime_env import RuntimeEnv
+
+    # Ray accepts it (a local working_dir must exist where `ray job submit` runs: in the
+    # submitter pod that is the image's /home/ray/ncsn; here, this checkout).
+    RuntimeEnv(**{**runtime_env, "working_dir": str(REPO)})
+
+
+# --------------------------------------------------------------------------- runtime_env
+
+
+def test_runtime_env_yaml_is_valid_and_holds_no_secret():
+    from ray.runtime_env import RuntimeEnv
+
+    env = load(RUNTIME_ENV)
+    assert env["working_dir"] == "."
+    assert {"runs/", ".git/"} <= set(env["excludes"])
+    env_vars = env.get("env_vars") or {}
+    assert all(isinstance(v, str) for v in env_vars.values())
+    assert not [k for k in env_vars if secret_looking(k)], "credentials never go in a runtime_env"
+    assert "AWS_ENDPOINT_URL" in RUNTIME_ENV.read_text(), "document where the endpoint goes"
+    RuntimeEnv(**env)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_COMMANDS))
+def test_documented_commands_use_flags_the_scripts_define(kind):
+    argv = shlex.split(EXPECTED_COMMANDS[kind])
+    script = REPO / argv[1]
+    if not script.exists():
+        pytest.skip(f"{argv[1]} not written yet")
+    sources = script.read_text() + "".join(p.read_text() for p in (REPO / "ncsn_ray").glob("*.py"))
+    for flag in (a for a in argv[2:] if a.startswith("--")):
+        assert f'"{flag}"' in sources, f"{argv[1]} defines no {flag}"
+    if "--config" in argv:
+        assert (REPO / argv[argv.index("--config") + 1]).is_file()
+
+
+def test_readme_documents_the_cluster_commands():
+    text = (REPO / "README.md").read_text()
+    flat = re.sub(r"\s+", " ", text.replace("\\\n", " "))
+    missing = [cmd for cmd in EXPECTED_COMMANDS.values() if cmd not in flat]
+    assert not missing, f"README.md lacks: {missing}"
+    assert "ray job submit" in flat and "RAY_AUTH_MODE=token" in flat
+
+
+# --------------------------------------------------------------------------- on Ray
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_runtime_env_yaml_runs_a_job_from_the_repository(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ray_head import job_output, job_succeeded, local_ray_head, submit_job
+
+    probe = (
+        "import os, ncsn_core, ncsn_ray; "
+        "assert os.path.isfile('jobs/train.py'); "
+        "assert not os.path.exists('runs') and not os.path.exists('.git'); "
+        "print('PROBE_OK', os.environ.get('PYTHONUNBUFFERED'))"
+    )
+    with local_ray_head(tmp_path=tmp_path, num_cpus=1) as head:
+        result = submit_job(
+            head,
+            ["python", "-c", probe],
+            working_dir=REPO,
+            runtime_env=load(RUNTIME_ENV),
+            timeout=240,
+        )
+    assert job_succeeded(result), job_output(result)
+    assert "PROBE_OK 1" in result.stdout, job_output(result)
