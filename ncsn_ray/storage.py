@@ -97,6 +97,8 @@ class Storage:
     @classmethod
     def from_uri(cls, uri: str, *, endpoint_url: str | None = None) -> "Storage":
         fs, path = resolve_filesystem(str(uri), endpoint_url=endpoint_url)
+        if isinstance(fs, pafs.LocalFileSystem):
+            return cls(path, fs, path)  # absolute, so other processes (Ray workers) resolve it alike
         return cls(str(uri).rstrip("/") or str(uri), fs, path)
 
     @property

@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-cache", choices=["auto", "on", "off"], default="auto", help="keep each worker's decoded data shard in memory (auto: if under 1 GiB)")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
+    p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
+                   help="PACK workers onto few nodes (default) or SPREAD them across nodes")
     p.add_argument("--inject-failure-at-step", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--debug-rank-digests", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -152,6 +155,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         cache_data=args.data_cache,
         inject_failure_at_step=args.inject_failure_at_step,
         preview=not args.no_preview,
+        rank_digests=args.debug_rank_digests,
     )
     log(f"[train] config {args.config} (name {name}): {config.training.steps} steps, global batch "
         f"{config.training.batch_size} over {args.num_workers} worker(s), data {data.uri} ({manifest.num_rows} images), "
@@ -160,7 +164,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "options": asdict(options), "manifest": {"num_rows": manifest.num_rows}},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=args.num_workers, use_gpu=args.use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            num_workers=args.num_workers, use_gpu=args.use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+            placement_strategy=args.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,

@@ -64,6 +64,7 @@ class TrainOptions:
     cache_limit_bytes: int = 1 << 30
     inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
     preview: bool = True
+    rank_digests: bool = False  # tests only: every rank writes a digest of its weights at checkpoints
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,6 +249,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def save_checkpoint_now() -> None:
         check_finite_and_log(final=step >= tc.steps)
+        if opts.rank_digests:
+            _write_rank_digest(run, model, rank, step)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
@@ -289,6 +292,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             save_checkpoint_now()
         elif step % tc.log_every == 0:
             check_finite_and_log(final=False)
+
+
+def _write_rank_digest(run: Storage, model: torch.nn.Module, rank: int, step: int) -> None:
+    """Record a hash of this rank's weights and its node (to check that DDP keeps ranks identical)."""
+    import hashlib
+
+    import ray
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    record = {"rank": rank, "step": step, "digest": h.hexdigest(), "node": ray.get_runtime_context().get_node_id()}
+    run.write_json(f"rank_digests/step_{step:08d}_rank_{rank}.json", record)
 
 
 def _fmt_seconds(seconds: float) -> str:

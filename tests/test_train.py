@@ -1,0 +1,157 @@
+"""The training job on a real embedded Ray instance (one per module), real Parquet, real S3 (moto).
+
+Runs ``ncsn_ray.train_job.main`` in-process so the module pays for one Ray start-up; the
+CLI's exit codes are checked through subprocesses in the bad-input tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import boto3
+import pytest
+import torch
+
+from ncsn_core import load_checkpoint
+from ncsn_ray.checkpoints import list_checkpoints
+from ncsn_ray.prepare import prepare_dataset
+from ncsn_ray.storage import Storage
+from ncsn_ray.train_job import main as train_main
+
+from train_helpers import REPO, metrics, write_tiny_config
+
+pytestmark = [pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False, log_to_driver=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits_local(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare_dataset("digits", str(out), log=lambda *a: None)
+    return out
+
+
+@pytest.mark.timeout(400)
+def test_prepare_on_s3_train_with_s3_checkpoints_and_resume(ray_instance, s3_bucket, tmp_path, capsys):
+    bucket, endpoint = s3_bucket
+    data_uri, storage_uri = f"s3://{bucket}/data/digits", f"s3://{bucket}/runs"
+    prepare_dataset("digits", data_uri, endpoint_url=endpoint, log=lambda *a: None)
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", data_uri, "--storage", storage_uri, "--name", "s3run",
+              "--s3-endpoint", endpoint, "--max-failures", "0"]
+    assert train_main(common + ["--steps", "4", "--checkpoint-every", "2"]) == 0
+    run = Storage.from_uri(f"{storage_uri}/s3run", endpoint_url=endpoint)
+    assert [step for step, _ in list_checkpoints(run)] == [2, 4]
+
+    capsys.readouterr()
+    assert train_main(common + ["--steps", "6", "--checkpoint-every", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "found checkpoint at step 4" in out
+    steps = [step for step, _ in list_checkpoints(run)]
+    assert steps == [4, 6]  # keep_checkpoints = 2
+    newest = load_checkpoint(run.read_bytes(f"{list_checkpoints(run)[-1][1]}/checkpoint.pt"))
+    assert newest.step == 6
+    # The optimiser was restored, not restarted: Adam has taken 6 steps in total.
+    assert int(newest.optimizer_state["state"][0]["step"]) == 6
+    logged = [json.loads(line)["step"] for line in run.read_bytes("metrics.jsonl").decode().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == 6
+    objects = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket, Prefix="runs/s3run/samples/")
+    assert any(o["Key"].endswith(".png") for o in objects.get("Contents", []))
+
+    # Re-running with the same number of steps does nothing.
+    capsys.readouterr()
+    assert train_main(common + ["--steps", "6"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(400)
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(ray_instance, digits_local, tmp_path, capsys):
+    config = write_tiny_config(tmp_path)
+    storage = tmp_path / "runs"
+    code = train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
+                       "--steps", "6", "--checkpoint-every", "3", "--inject-failure-at-step", "4",
+                       "--max-failures", "2", "--no-preview"])
+    assert code == 0
+    run = storage / "tiny"
+    assert (run / ".injected-failure-done").exists(), "the failure was not injected"
+    assert [step for step, _ in list_checkpoints(Storage.from_uri(str(run)))] == [3, 6]
+    final = load_checkpoint(run / "checkpoint_00000006" / "checkpoint.pt")
+    assert final.step == 6 and int(final.optimizer_state["state"][0]["step"]) == 6
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.timeout(400)
+def test_a_non_finite_loss_stops_training_naming_step_and_level(ray_instance, digits_local, tmp_path, capsys):
+    config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})
+    storage = tmp_path / "runs"
+    code = train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
+                       "--steps", "40", "--checkpoint-every", "20", "--max-failures", "0", "--no-preview"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "non-finite loss at step" in err and "noise level" in err
+    for _, name in list_checkpoints(Storage.from_uri(str(storage / "tiny"))):
+        ckpt = load_checkpoint(storage / "tiny" / name / "checkpoint.pt")  # loads only if finite... check anyway
+        assert all(torch.isfinite(v).all() for v in ckpt.model_state.values() if v.is_floating_point())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+@pytest.mark.timeout(300)
+def test_bad_inputs_fail_before_training_with_a_clear_error(digits_local, tmp_path):
+    config = write_tiny_config(tmp_path)
+    storage = str(tmp_path / "runs")
+
+    missing = _cli("--config", str(config), "--data", str(tmp_path / "nowhere"), "--storage", storage)
+    assert missing.returncode == 1 and "not a prepared dataset" in missing.stderr and "does not exist" in missing.stderr
+
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "shard-00000.parquet").write_bytes((digits_local / "shard-00000.parquet").read_bytes())
+    half = _cli("--config", str(config), "--data", str(incomplete), "--storage", storage)
+    assert half.returncode == 1 and "incomplete" in half.stderr
+
+    shape = _cli("--config", str(config), "--data", str(digits_local), "--storage", storage, "--set", "data.image_size=16")
+    assert shape.returncode == 1 and "8x8x1 images but the config expects 16x16x1" in shape.stderr
+
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("model:\n  ngf: 4\n  widht: 3\n")
+    unknown = _cli("--config", str(bad_config), "--data", str(digits_local), "--storage", storage)
+    assert unknown.returncode == 1 and "unknown key model.widht" in unknown.stderr and str(bad_config) in unknown.stderr
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    unwritable = _cli("--config", str(config), "--data", str(digits_local), "--storage", str(blocker / "runs"))
+    assert unwritable.returncode == 1 and "not writable" in unwritable.stderr
+
+    for result in (missing, half, shape, unknown, unwritable):
+        assert "Traceback" not in result.stderr
+        assert "[ray] started" not in result.stdout, "the job started Ray before validating its inputs"
+    assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").glob("checkpoint_*"))
+
+
+@pytest.mark.timeout(120)
+def test_an_unwritable_s3_location_is_a_clear_error(s3_server, digits_local, tmp_path):
+    config = write_tiny_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(config), "--data", str(digits_local),
+         "--storage", "s3://no-such-bucket/runs", "--s3-endpoint", s3_server["endpoint"]],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**__import__("os").environ, **s3_server["env"]},
+    )
+    assert result.returncode == 1 and "s3://no-such-bucket/runs" in result.stderr and "not writable" in result.stderr
+    assert "testing-secret" not in result.stdout + result.stderr
+
+
+
