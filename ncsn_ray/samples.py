@@ -1,0 +1,288 @@
+"""Sample sets: Parquet shards named by seed range, a job spec written first, a manifest last.
+
+Layout under a sample-set URI (``kind`` ``"generate"``)::
+
+    job.json                                 written first: what the job computes
+    samples-000000-000999.parquet, ...       one row per seed: seed int64, image binary (PNG)
+    grid.png                                 the first samples as one picture
+    manifest.json                            written last; its presence = complete
+
+and for inpainting (``kind`` ``"inpaint"``)::
+
+    job.json
+    inpaint-000000-000099.parquet, ...       rows [first, last] (positions in the source dataset)
+    figure.png                               paper Fig. 6 layout: occluded | K inpaintings | original
+    manifest.json
+
+A shard is written as one object, so a shard that exists is complete. The job spec holds an
+``identity`` (everything that decides the pixels and the shard layout: checkpoint digest,
+sampler settings, seeds, batch and shard sizes, image shape) and an ``info`` part (URIs,
+times, versions) that is recorded but not compared. Re-running a job into the same folder
+computes only the shards that are missing; a job whose identity differs is refused.
+
+Image convention: PNG, uint8, ``(H, W, C)`` with C = 1 (grey) or 3 (RGB); pixel value
+``round(255 * x)`` of the sampler's ``x`` in ``[0, 1]`` (clamped).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .figures import decode_png
+from .storage import Storage, StorageError
+
+__all__ = [
+    "SampleSetError",
+    "WorkUnit",
+    "JOB_SPEC_NAME",
+    "MANIFEST_NAME",
+    "GENERATE_SCHEMA",
+    "INPAINT_SCHEMA",
+    "plan_units",
+    "make_job_spec",
+    "open_sample_set",
+    "finished_units",
+    "write_table",
+    "shard_num_rows",
+    "write_manifest",
+    "read_sample_manifest",
+    "iter_sample_images",
+]
+
+FORMAT = "ncsn-samples"
+VERSION = 1
+JOB_SPEC_NAME = "job.json"
+MANIFEST_NAME = "manifest.json"
+KINDS = {"generate": "samples", "inpaint": "inpaint"}  # kind -> shard name prefix
+
+GENERATE_SCHEMA = pa.schema([("seed", pa.int64()), ("image", pa.binary())])
+INPAINT_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),  # source dataset id
+        ("seeds", pa.list_(pa.int64())),  # one per inpainting
+        ("mask", pa.binary()),  # PNG, 255 = known pixel, 0 = filled in
+        ("occluded", pa.binary()),  # PNG, unknown pixels shown grey
+        ("inpaintings", pa.list_(pa.binary())),  # K PNGs
+        ("original", pa.binary()),  # PNG
+    ]
+)
+
+
+class SampleSetError(RuntimeError):
+    """A sample set that cannot be written or read as asked; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One shard of work: positions ``[start, stop)`` and the shard file it produces.
+
+    For generation the positions are ``k`` with seeds ``seed + k``, and ``first``/``last``
+    (inclusive) are seeds; for inpainting they are row positions in the source dataset.
+    """
+
+    name: str
+    start: int
+    stop: int
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+def plan_units(kind: str, total: int, shard_size: int, *, offset: int = 0) -> list[WorkUnit]:
+    """Split positions ``[0, total)`` into shards of ``shard_size`` (the last may be shorter).
+
+    Shard files are named ``{prefix}-{first:06d}-{last:06d}.parquet`` with ``first = offset +
+    start`` (seed or row position). The plan depends only on its arguments, never on how
+    many workers run it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown sample-set kind {kind!r}")
+    if total < 1 or shard_size < 1:
+        raise ValueError(f"need total >= 1 and shard_size >= 1 (got {total}, {shard_size})")
+    units = []
+    for start in range(0, total, shard_size):
+        stop = min(start + shard_size, total)
+        first, last = offset + start, offset + stop - 1
+        units.append(WorkUnit(f"{KINDS[kind]}-{first:06d}-{last:06d}.parquet", start, stop, first, last))
+    return units
+
+
+def _normalise(value: Any) -> Any:
+    """Round-trip through JSON so tuples, numpy scalars and floats compare as stored."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def make_job_spec(kind: str, identity: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The job spec: ``identity`` decides the output (compared on re-runs), ``info`` does not."""
+    return _normalise({"format": FORMAT, "version": VERSION, "kind": kind, "identity": identity, "info": info})
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: was {a!r}, now {b!r}")
+    return out
+
+
+def _check_same_job(storage: Storage, stored: Any, spec: dict[str, Any], what: str) -> None:
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        raise SampleSetError(f"{storage.uri}: {what} is not an ncsn sample-set file; choose another --out")
+    old = {"kind": stored.get("kind"), **(stored.get("identity") or {})}
+    new = {"kind": spec["kind"], **spec["identity"]}
+    diffs = _differences(old, new)
+    if diffs:
+        listing = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+        raise SampleSetError(
+            f"{storage.uri} holds a different job ({what} differs: {listing}). "
+            "Use another --out, or repeat the original command (same checkpoint file and settings) to finish it."
+        )
+
+
+def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
+    """Prepare ``storage`` for the job ``spec``; returns ``"complete"``, ``"resume"`` or ``"new"``.
+
+    * a manifest is there: the same job is already complete (``"complete"``), any other job is
+      refused;
+    * a job spec is there: the same job resumes (``"resume"``), any other job is refused;
+    * the folder is empty or absent: the job spec is written (``"new"``);
+    * the folder holds other files but no job spec: refused (it is not a sample set).
+
+    Raises :class:`SampleSetError` for every refusal; nothing is written then.
+    """
+    try:
+        if storage.exists(MANIFEST_NAME):
+            _check_same_job(storage, storage.read_json(MANIFEST_NAME).get("job"), spec, MANIFEST_NAME)
+            return "complete"
+        if storage.exists(JOB_SPEC_NAME):
+            _check_same_job(storage, storage.read_json(JOB_SPEC_NAME), spec, JOB_SPEC_NAME)
+            return "resume"
+        others = [n for n in storage.list() if not n.startswith(".")]
+        if others:
+            raise SampleSetError(
+                f"{storage.uri} is not empty and holds no {JOB_SPEC_NAME} (found {', '.join(others[:5])}); "
+                "it is not a sample set: choose another --out"
+            )
+        storage.write_json(JOB_SPEC_NAME, spec)
+        return "new"
+    except StorageError as err:
+        raise SampleSetError(str(err)) from err
+
+
+def finished_units(storage: Storage, units: list[WorkUnit]) -> set[str]:
+    """Names of the planned shards already present (each was written as one object)."""
+    present = set(storage.list())
+    return {u.name for u in units if u.name in present}
+
+
+def write_table(storage: Storage, name: str, table: pa.Table) -> None:
+    """Write one Parquet shard as a single object (never visible half-written)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes(name, sink.getvalue())
+
+
+def shard_num_rows(storage: Storage, name: str) -> int:
+    """Rows in a Parquet shard, from its footer (a ranged read on object storage)."""
+    try:
+        with storage.fs.open_input_file(storage.full(name)) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except (OSError, pa.ArrowInvalid) as err:
+        raise SampleSetError(f"{storage.uri_of(name)}: unreadable shard ({err})") from err
+
+
+def write_manifest(
+    storage: Storage,
+    spec: dict[str, Any],
+    units: list[WorkUnit],
+    *,
+    image_shape: tuple[int, int, int],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check every planned shard holds its rows, then write ``manifest.json`` (call last).
+
+    ``image_shape`` is ``(C, H, W)``. Raises :class:`SampleSetError` (writing nothing) if a
+    shard is missing or has the wrong row count.
+    """
+    shards = []
+    for unit in units:
+        if not storage.exists(unit.name):
+            raise SampleSetError(f"{storage.uri_of(unit.name)}: shard missing; not writing the manifest")
+        rows = shard_num_rows(storage, unit.name)
+        if rows != unit.count:
+            raise SampleSetError(
+                f"{storage.uri_of(unit.name)}: {rows} rows, expected {unit.count}; not writing the manifest"
+            )
+        shards.append({"path": unit.name, "num_rows": rows, "first": unit.first, "last": unit.last})
+    c, h, w = image_shape
+    manifest = _normalise(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": spec["kind"],
+            "count": sum(s["num_rows"] for s in shards),
+            "channels": c,
+            "height": h,
+            "width": w,
+            "shards": shards,
+            "job": spec,
+            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+        }
+    )
+    storage.write_json(MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> dict[str, Any]:
+    """The manifest of a complete sample set, or :class:`SampleSetError` saying what is wrong."""
+    try:
+        if not storage.exists(MANIFEST_NAME):
+            if storage.exists(JOB_SPEC_NAME):
+                hint = f"it has a {JOB_SPEC_NAME} but no {MANIFEST_NAME}: the generation job did not finish; re-run it"
+            elif storage.exists():
+                hint = f"no {MANIFEST_NAME} there"
+            else:
+                hint = "it does not exist"
+            raise SampleSetError(f"{storage.uri}: not a complete sample set ({hint})")
+        manifest = storage.read_json(MANIFEST_NAME)
+    except StorageError as err:
+        raise SampleSetError(str(err)) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SampleSetError(f"{storage.uri}: {MANIFEST_NAME} is not an ncsn sample-set manifest")
+    if kind is not None and manifest.get("kind") != kind:
+        raise SampleSetError(f"{storage.uri}: a {manifest.get('kind')!r} sample set, expected {kind!r}")
+    return manifest
+
+
+def iter_sample_images(storage: Storage, manifest: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(seeds (n,) int64, images (n, H, W, C) uint8)`` per shard of a generated sample set."""
+    channels = int(manifest["channels"])
+    for shard in manifest["shards"]:
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(shard["path"])), schema=GENERATE_SCHEMA)
+        except (StorageError, pa.ArrowInvalid) as err:
+            raise SampleSetError(f"{storage.uri_of(shard['path'])}: unreadable shard ({err})") from err
+        seeds = table.column("seed").to_numpy()
+        images = np.stack([decode_png(b, channels) for b in table.column("image").to_pylist()])
+        yield seeds, images

@@ -1,0 +1,262 @@
+"""FID / IS / KID evaluation (ncsn_ray.evaluation, jobs/evaluate.py) with torch-fidelity.
+
+The real InceptionV3 weights cannot be downloaded here, so the full path runs with a weights
+file made in the test: torch-fidelity's own ``FeatureExtractorInceptionV3`` architecture,
+randomly initialised (He-normal convolutions, so that features keep a usable scale) and
+saved as a plain ``state_dict``, which is the format its ``feature_extractor_weights_path``
+loads. Scores are therefore not comparable with published ones; the tests check the
+plumbing: identical image sets score FID ~ 0, other images score higher, reference features
+are cached beside the reference in object storage (a real S3 API on loopback, moto) and
+reused, and bad input fails with clear errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ncsn_ray.datasets import DatasetManifest, ShardInfo, encode_rows, write_manifest, write_shard  # noqa: E402
+from ncsn_ray.evaluation import CACHE_DIR, EvaluationError, UInt8ImageDataset, evaluate, evaluate_on_ray  # noqa: E402
+from ncsn_ray.figures import png_bytes  # noqa: E402
+from ncsn_ray.samples import (  # noqa: E402
+    GENERATE_SCHEMA,
+    SampleSetError,
+    make_job_spec,
+    open_sample_set,
+    plan_units,
+    write_table,
+)
+from ncsn_ray.samples import write_manifest as write_sample_manifest  # noqa: E402
+from ncsn_ray.storage import Storage, StorageError  # noqa: E402
+
+SCRIPT = REPO / "jobs" / "evaluate.py"
+# A proxy on a closed loopback port: every download attempt fails at once, internet or not.
+DEAD_PROXY = {"HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1", "http_proxy": "http://127.0.0.1:1",
+              "https_proxy": "http://127.0.0.1:1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def digits_uint8(n: int) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return np.floor(load_digits().images[:n] * 255 / 16 + 0.5).astype(np.uint8)[..., None]
+
+
+def write_dataset(storage: Storage, images: np.ndarray, shard_size: int = 8) -> None:
+    shards = []
+    for index, start in enumerate(range(0, len(images), shard_size)):
+        chunk = images[start : start + shard_size]
+        name = f"shard-{index:05d}.parquet"
+        write_shard(storage, name, encode_rows(chunk, range(start, start + len(chunk)), [None] * len(chunk)))
+        shards.append(ShardInfo(name, len(chunk), start, start + len(chunk) - 1))
+    h, w, c = images.shape[1:]
+    write_manifest(storage, DatasetManifest("digits", h, w, c, len(images), shards))
+
+
+def write_sample_set(storage: Storage, images: np.ndarray, *, shard_size: int = 8, complete: bool = True) -> None:
+    """A sample set in the generation job's format (seeds 0..n-1), built with ncsn_ray.samples."""
+    c = images.shape[-1]
+    identity = {"n": len(images), "seed": 0, "shard_size": shard_size, "image_shape": [c, *images.shape[1:3]]}
+    spec = make_job_spec("generate", identity, {"made_by": "test"})
+    assert open_sample_set(storage, spec) == "new"
+    units = plan_units("generate", len(images), shard_size)
+    for unit in units:
+        import pyarrow as pa
+
+        table = pa.table(
+            {
+                "seed": pa.array(range(unit.first, unit.last + 1), pa.int64()),
+                "image": pa.array([png_bytes(img) for img in images[unit.start : unit.stop]], pa.binary()),
+            },
+            schema=GENERATE_SCHEMA,
+        )
+        write_table(storage, unit.name, table)
+    if complete:
+        write_sample_manifest(storage, spec, units, image_shape=(c, *images.shape[1:3]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Inception on a busy 2-core machine: extra threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> Path:
+    """Random InceptionV3 weights in torch-fidelity's state_dict format (see the module docstring)."""
+    from torch import nn
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Untrained(FeatureExtractorInceptionV3):
+        # torch-fidelity's constructor loads weights; load nothing (keep the random init).
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return super().load_state_dict(state_dict, strict=False)
+
+    folder = tmp_path_factory.mktemp("inception")
+    empty = folder / "empty.pt"
+    torch.save({}, empty)
+    torch.manual_seed(0)
+    network = Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = folder / "weights-inception-random.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    import boto3
+
+    name = f"eval-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
+    return name, s3_server["endpoint"]
+
+
+@pytest.mark.timeout(120)
+def test_grey_images_are_repeated_to_three_uint8_channels():
+    images = digits_uint8(3)
+    dataset = UInt8ImageDataset(lambda: images, 3)
+    item = dataset[1]
+    assert item.shape == (3, 8, 8) and item.dtype == torch.uint8
+    for channel in range(3):
+        assert np.array_equal(item[channel].numpy(), images[1, ..., 0])
+
+
+@pytest.mark.timeout(300)
+def test_scores_from_s3_and_reference_features_cached_beside_the_reference(inception_weights, bucket):
+    name, endpoint = bucket
+    reference_uri = f"s3://{name}/data/digits"
+    reference = digits_uint8(10)
+    write_dataset(Storage.from_uri(reference_uri, endpoint_url=endpoint), reference)
+    same_uri, noise_uri = f"s3://{name}/samples/same", f"s3://{name}/samples/noise"
+    write_sample_set(Storage.from_uri(same_uri, endpoint_url=endpoint), reference)
+    noise = np.random.default_rng(0).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
+    write_sample_set(Storage.from_uri(noise_uri, endpoint_url=endpoint), noise)
+
+    lines: list[str] = []
+    same = evaluate(same_uri, reference_uri, inception_weights=str(inception_weights), endpoint_url=endpoint, log=lines.append)
+    metrics = same["metrics"]
+    assert set(metrics) == {
+        "frechet_inception_distance", "inception_score_mean", "inception_score_std",
+        "kernel_inception_distance_mean", "kernel_inception_distance_std",
+    }
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert abs(metrics["frechet_inception_distance"]) < 1e-3, "identical image sets: FID ~ 0"
+    assert metrics["inception_score_mean"] >= 1.0 - 1e-6
+    assert same["reference_cache"] == "computed" and (same["num_samples"], same["num_reference"]) == (10, 10)
+    assert same["inception_weights"]["source"] == str(inception_weights)
+    assert any("frechet_inception_distance" in line for line in lines)
+
+    cache = Storage.from_uri(reference_uri, endpoint_url=endpoint).child(CACHE_DIR)
+    cached = cache.list()
+    assert cached and all(n.startswith("ref-") and n.endswith(".pt") for n in cached)
+    written = json.loads(Storage.from_uri(same_uri, endpoint_url=endpoint).read_bytes("scores.json"))
+    assert written["metrics"] == metrics
+
+    other = evaluate(noise_uri, reference_uri, inception_weights=str(inception_weights), endpoint_url=endpoint,
+                     metrics="fid,kid", log=quiet)
+    assert other["reference_cache"] == "hit", "the reference's features come from the cache"
+    assert cache.list() == cached
+    assert set(other["metrics"]) == {"frechet_inception_distance", "kernel_inception_distance_mean", "kernel_inception_distance_std"}
+    assert other["metrics"]["frechet_inception_distance"] > 100 * max(metrics["frechet_inception_distance"], 1e-6)
+    # KID is an unbiased estimate on random subsets: near 0, not exactly 0, for identical sets.
+    assert abs(metrics["kernel_inception_distance_mean"]) < other["metrics"]["kernel_inception_distance_mean"] / 10
+
+
+@pytest.mark.timeout(120)
+def test_incomplete_sample_sets_and_mismatched_references_are_refused(inception_weights, tmp_path):
+    reference = tmp_path / "reference"
+    write_dataset(Storage.from_uri(str(reference)), digits_uint8(8))
+    incomplete = tmp_path / "incomplete"
+    write_sample_set(Storage.from_uri(str(incomplete)), digits_uint8(8), complete=False)
+    with pytest.raises(SampleSetError, match="the generation job did not finish"):
+        evaluate(str(incomplete), str(reference), inception_weights=str(inception_weights), log=quiet)
+    with pytest.raises(SampleSetError, match="does not exist"):
+        evaluate(str(tmp_path / "nothing"), str(reference), inception_weights=str(inception_weights), log=quiet)
+
+    rgb = tmp_path / "rgb"
+    write_sample_set(Storage.from_uri(str(rgb)), np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(EvaluationError, match=r"samples are 3x8x8 \(CxHxW\) but the reference .* holds 1x8x8"):
+        evaluate(str(rgb), str(reference), inception_weights=str(inception_weights), log=quiet)
+    big = tmp_path / "big"
+    write_sample_set(Storage.from_uri(str(big)), np.zeros((4, 16, 16, 1), dtype=np.uint8))
+    with pytest.raises(EvaluationError, match="1x16x16"):
+        evaluate(str(big), str(reference), inception_weights=str(inception_weights), log=quiet)
+    with pytest.raises(EvaluationError, match="--metrics"):
+        evaluate(str(big), str(reference), metrics="fid,precision", log=quiet)
+    assert not (rgb / "scores.json").exists() and not (big / "scores.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_cli_offline_without_weights_says_how_to_provide_them_then_runs_with_them(inception_weights, tmp_path):
+    reference, samples = tmp_path / "reference", tmp_path / "samples"
+    write_dataset(Storage.from_uri(str(reference)), digits_uint8(8))
+    write_sample_set(Storage.from_uri(str(samples)), digits_uint8(16)[8:])
+    env = {**os.environ, **DEAD_PROXY, "TORCH_HOME": str(tmp_path / "empty-torch-home"), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    args = [sys.executable, str(SCRIPT), "--samples", str(samples), "--reference", str(reference)]
+
+    # Checked in the driver before Ray starts: fails at once.
+    offline = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
+    assert offline.returncode == 2, offline.stderr
+    assert "cannot download the InceptionV3 weights" in offline.stderr
+    assert "--inception-weights PATH" in offline.stderr and "weights-inception-2015-12-05-6726825d.pth" in offline.stderr
+    assert "Traceback" not in offline.stderr
+    assert not (samples / "scores.json").exists()
+
+    done = subprocess.run([*args, "--inception-weights", str(inception_weights), "--metrics", "fid", "--no-ray", "--json"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["metrics"]) == {"frechet_inception_distance"} and result["metrics"]["frechet_inception_distance"] > 0
+    assert json.loads((samples / "scores.json").read_text())["metrics"] == result["metrics"]
+    assert (reference / CACHE_DIR).is_dir()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_evaluation_as_a_ray_task(inception_weights, tmp_path, monkeypatch):
+    """The default CLI path: one Ray task; bad input found inside the task keeps its type."""
+    import ray
+
+    from ncsn_ray.generation import ensure_ray
+
+    reference, samples = tmp_path / "reference", tmp_path / "samples"
+    write_dataset(Storage.from_uri(str(reference)), digits_uint8(8), shard_size=4)
+    write_sample_set(Storage.from_uri(str(samples)), digits_uint8(16)[8:])
+    monkeypatch.chdir(tmp_path)  # relative paths work: made absolute before they reach the task
+    ensure_ray(num_cpus=2, object_store_memory=150_000_000)
+    try:
+        result = evaluate_on_ray("samples", "reference", inception_weights=str(inception_weights),
+                                 metrics="fid,kid", log=quiet)
+        assert set(result["metrics"]) == {"frechet_inception_distance", "kernel_inception_distance_mean",
+                                          "kernel_inception_distance_std"}
+        assert json.loads((samples / "scores.json").read_text())["metrics"] == result["metrics"]
+
+        (reference / "shard-00001.parquet").unlink()  # the manifest now promises a shard that is gone
+        (samples / "scores.json").unlink()
+        with pytest.raises(StorageError, match="shard-00001.parquet: not found"):
+            evaluate_on_ray("samples", "reference", inception_weights=str(inception_weights),
+                            metrics="isc,fid", log=quiet)
+        assert not (samples / "scores.json").exists()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,460 @@
+"""Batch generation and inpainting with Ray Data (ncsn_ray.generation, ncsn_ray.samples,
+jobs/generate.py) against real components: a tiny checkpoint trained here with
+``ncsn_core.dsm_loss``, a real local Ray instance shared by the module, a real S3 API on
+loopback (moto), prepared datasets written with ``ncsn_ray.datasets``, the CLI in
+subprocesses, and ``ray job submit`` to a token-authenticated ``ray start --head``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ncsn_core import build_model, config_from_dict, dsm_loss, geometric_sigmas, save_checkpoint  # noqa: E402
+from ncsn_ray.datasets import DatasetManifest, ShardInfo, encode_rows, write_manifest, write_shard  # noqa: E402
+from ncsn_ray.figures import decode_png  # noqa: E402
+from ncsn_ray.generation import (  # noqa: E402
+    ActorPlan,
+    GenerateOptions,
+    GenerationError,
+    InpaintOptions,
+    ensure_ray,
+    generate_samples,
+    image_mask,
+    inpaint_images,
+)
+from ncsn_ray.samples import (  # noqa: E402
+    INPAINT_SCHEMA,
+    SampleSetError,
+    iter_sample_images,
+    plan_units,
+    read_sample_manifest,
+)
+from ncsn_ray.storage import Storage  # noqa: E402
+
+SCRIPT = REPO / "jobs" / "generate.py"
+TINY = {
+    "name": "tiny",
+    "data": {"dataset": "digits", "image_size": 8, "channels": 1},
+    "model": {"ngf": 4},
+    "noise": {"num_levels": 3},
+    "sampling": {"steps_per_level": 2, "batch_size": 4},
+}
+
+
+def digits_uint8(n: int) -> np.ndarray:
+    """The first ``n`` scikit-learn digits as ``(n, 8, 8, 1)`` uint8."""
+    from sklearn.datasets import load_digits
+
+    return np.floor(load_digits().images[:n] * 255 / 16 + 0.5).astype(np.uint8)[..., None]
+
+
+def make_tiny_run(run: Path) -> Path:
+    """Train the tiny config for a few DSM steps on digits; save ``run/checkpoint_000001``."""
+    config = config_from_dict(TINY)
+    torch.manual_seed(0)
+    model = build_model(config)
+    sigmas = geometric_sigmas(1.0, 0.01, 3)
+    x = torch.from_numpy(digits_uint8(64)).permute(0, 3, 1, 2).float() / 255
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny work: extra threads only spin on a busy machine
+    try:
+        for _ in range(3):
+            loss = dsm_loss(model, x, sigmas).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+    folder = run / "checkpoint_000001"
+    save_checkpoint(folder / "checkpoint.pt", model=model, config=config, sigmas=sigmas, step=3)
+    (folder / "step.txt").write_text("3")
+    return folder / "checkpoint.pt"
+
+
+def write_dataset(storage: Storage, images: np.ndarray, shard_size: int, *, manifest: bool = True) -> None:
+    """A prepared dataset (ids 100, 101, ...) written with ncsn_ray.datasets."""
+    shards = []
+    for index, start in enumerate(range(0, len(images), shard_size)):
+        chunk = images[start : start + shard_size]
+        ids = list(range(100 + start, 100 + start + len(chunk)))
+        name = f"shard-{index:05d}.parquet"
+        write_shard(storage, name, encode_rows(chunk, ids, [None] * len(chunk)))
+        shards.append(ShardInfo(name, len(chunk), ids[0], ids[-1]))
+    if manifest:
+        h, w, c = images.shape[1:]
+        write_manifest(storage, DatasetManifest("digits", h, w, c, len(images), shards))
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("generate_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO
+    )
+
+
+def seeds_and_pngs(storage: Storage) -> dict[int, bytes]:
+    manifest = read_sample_manifest(storage)
+    out: dict[int, bytes] = {}
+    for shard in manifest["shards"]:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(shard["path"])))
+        for seed, png in zip(table.column("seed").to_pylist(), table.column("image").to_pylist()):
+            assert seed not in out, f"duplicate seed {seed}"
+            out[seed] = png
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    make_tiny_run(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One embedded Ray instance for the module (2 CPUs, small object store).
+
+    Ray waits a fixed 30 s for its raylet to register; on a heavily loaded machine that can
+    run out, so start-up is tried a second time before giving up.
+    """
+    import ray
+
+    try:
+        started = ensure_ray(num_cpus=2, object_store_memory=150_000_000)
+    except Exception as err:  # "The current node timed out during startup ..."
+        if "timed out during startup" not in str(err):
+            raise
+        ray.shutdown()
+        started = ensure_ray(num_cpus=2, object_store_memory=150_000_000)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    import boto3
+
+    name = f"gen-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
+    return name, s3_server["endpoint"]
+
+
+@pytest.fixture(scope="module")
+def s3_samples(ray_instance, tiny_run, bucket):
+    """24 samples (seeds 0..23) in shards of 10, batches of 4, one actor, written to S3."""
+    name, endpoint = bucket
+    uri = f"s3://{name}/samples/tiny"
+    lines: list[str] = []
+    summary = generate_samples(
+        GenerateOptions(n=24, checkpoint=str(tiny_run), out=uri, shard_size=10, batch_size=4,
+                        actors=ActorPlan(num_actors=1), endpoint_url=endpoint),
+        log=lines.append,
+    )
+    return uri, endpoint, summary, lines
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_generate_to_s3_writes_exactly_n_seeds_and_manifest(s3_samples, tiny_run):
+    uri, endpoint, summary, lines = s3_samples
+    assert summary["status"] == "complete" and summary["computed"] == 24
+    storage = Storage.from_uri(uri, endpoint_url=endpoint)
+    manifest = read_sample_manifest(storage)
+    assert manifest["count"] == 24
+    assert (manifest["channels"], manifest["height"], manifest["width"]) == (1, 8, 8)
+    assert [s["path"] for s in manifest["shards"]] == [
+        "samples-000000-000009.parquet", "samples-000010-000019.parquet", "samples-000020-000023.parquet"
+    ]
+    assert manifest["checkpoint"]["step"] == 3
+    assert manifest["checkpoint"]["uri"] == str(tiny_run / "checkpoint_000001" / "checkpoint.pt")
+    assert len(manifest["checkpoint"]["sha256"]) == 64
+    assert manifest["sampler"]["steps_per_level"] == 2 and manifest["sampler"]["eps"] == pytest.approx(4e-5)
+    identity = manifest["job"]["identity"]
+    assert (identity["n"], identity["seed"], identity["batch_size"], identity["shard_size"]) == (24, 0, 4, 10)
+    seeds, images = zip(*iter_sample_images(storage, manifest))
+    seeds, images = np.concatenate(seeds), np.concatenate(images)
+    assert sorted(seeds.tolist()) == list(range(24))
+    assert images.shape == (24, 8, 8, 1) and images.dtype == np.uint8
+    assert len({img.tobytes() for img in images}) == 24, "every seed gives its own image"
+    with Image.open(io.BytesIO(storage.read_bytes("grid.png"))) as grid:
+        assert grid.width > 8 and grid.height > 8
+    assert storage.exists("job.json")
+    progress = [line for line in lines if "samples (" in line]
+    assert progress and progress[-1].startswith("[generate] 24/24 samples (100.0%)")
+    assert "samples/s" in progress[-1] and "left" in progress[-1]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_rerunning_a_finished_job_does_nothing(s3_samples, tiny_run):
+    import boto3
+
+    uri, endpoint, _, _ = s3_samples
+    bucket, prefix = uri[len("s3://"):].split("/", 1)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+    def listing():
+        objects = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        return {o["Key"]: (o["ETag"], o["LastModified"]) for o in objects}
+
+    before = listing()
+    lines: list[str] = []
+    summary = generate_samples(
+        GenerateOptions(n=24, checkpoint=str(tiny_run), out=uri, shard_size=10, batch_size=4, endpoint_url=endpoint),
+        log=lines.append,
+    )
+    assert summary["status"] == "already complete" and summary["computed"] == 0
+    assert any("nothing to do" in line for line in lines)
+    assert listing() == before
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_same_seeds_on_two_actors_give_byte_identical_images(s3_samples, tiny_run, tmp_path):
+    uri, endpoint, _, _ = s3_samples
+    local = tmp_path / "two-actors"
+    generate_samples(
+        GenerateOptions(n=24, checkpoint=str(tiny_run), out=str(local), shard_size=10, batch_size=4,
+                        actors=ActorPlan(num_actors=2)),
+        log=quiet,
+    )
+    one_actor = seeds_and_pngs(Storage.from_uri(uri, endpoint_url=endpoint))
+    two_actors = seeds_and_pngs(Storage.from_uri(str(local)))
+    assert sorted(two_actors) == list(range(24))
+    assert one_actor == two_actors
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_interrupted_job_resumes_without_touching_finished_shards(ray_instance, tiny_run, tmp_path, capsys):
+    out = tmp_path / "interrupted"
+    options = dict(n=10, checkpoint=str(tiny_run), out=str(out), shard_size=3, batch_size=2, actors=ActorPlan(num_actors=1))
+    # The CLI (in-process, on the module's Ray): an actor raises after its first shard.
+    args = ["--checkpoint", str(tiny_run), "--n", "10", "--out", str(out), "--shard-size", "3", "--batch-size", "2",
+            "--num-actors", "1"]
+    assert load_cli().main([*args, "--fail-after-shards", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "injected failure" in err and "re-run the same command to resume" in err
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(SampleSetError, match="did not finish"):
+        read_sample_manifest(Storage.from_uri(str(out)))
+    finished = sorted(p.name for p in out.glob("samples-*.parquet"))
+    assert finished and len(finished) < 4
+    stats = {name: (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) for name in finished}
+
+    lines: list[str] = []
+    summary = generate_samples(GenerateOptions(**options), log=lines.append)
+    assert summary["status"] == "complete"
+    assert summary["computed"] == 10 - sum(u.count for u in plan_units("generate", 10, 3) if u.name in finished)
+    assert any("resuming" in line for line in lines)
+    assert {name: (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) for name in finished} == stats
+    assert sorted(seeds_and_pngs(Storage.from_uri(str(out)))) == list(range(10))
+    assert sorted(p.name for p in out.glob("samples-*.parquet")) == [u.name for u in plan_units("generate", 10, 3)]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_inpainting_keeps_known_pixels(ray_instance, tiny_run, bucket, tmp_path):
+    name, endpoint = bucket
+    data_uri = f"s3://{name}/data/digits"
+    originals = digits_uint8(7)
+    write_dataset(Storage.from_uri(data_uri, endpoint_url=endpoint), originals, shard_size=3)
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :3] = 255
+    mask[0, :] = 255  # an arbitrary shape: left columns and the top row are known
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    out_uri = f"s3://{name}/inpaint/tiny"
+    summary = inpaint_images(
+        InpaintOptions(data=data_uri, checkpoint=str(tiny_run), out=out_uri, mask=str(mask_path), samples_per_image=2,
+                       limit=5, shard_size=3, batch_size=4, actors=ActorPlan(num_actors=1), endpoint_url=endpoint),
+        log=quiet,
+    )
+    assert summary["status"] == "complete" and summary["images"] == 5
+    out = Storage.from_uri(out_uri, endpoint_url=endpoint)
+    manifest = read_sample_manifest(out, kind="inpaint")
+    assert manifest["count"] == 5 and [s["path"] for s in manifest["shards"]] == [
+        "inpaint-000000-000002.parquet", "inpaint-000003-000004.parquet"
+    ]
+    known = mask.astype(bool)
+    rows = []
+    for shard in manifest["shards"]:
+        rows += pq.read_table(io.BytesIO(out.read_bytes(shard["path"])), schema=INPAINT_SCHEMA).to_pylist()
+    assert [r["id"] for r in rows] == [100, 101, 102, 103, 104]
+    all_seeds = [s for r in rows for s in r["seeds"]]
+    assert len(all_seeds) == len(set(all_seeds)) == 10
+    for position, row in enumerate(rows):
+        original = decode_png(row["original"], 1)[..., 0]
+        occluded = decode_png(row["occluded"], 1)[..., 0]
+        assert np.array_equal(original, originals[position, ..., 0])
+        assert np.array_equal(decode_png(row["mask"], 1)[..., 0] > 0, known)
+        assert np.array_equal(occluded[known], original[known])
+        assert (occluded[~known] == 128).all()
+        assert len(row["inpaintings"]) == 2
+        for png in row["inpaintings"]:
+            filled = decode_png(png, 1)[..., 0]
+            assert filled.shape == (8, 8)
+            assert np.array_equal(filled[known], original[known])
+    with Image.open(io.BytesIO(out.read_bytes("figure.png"))) as figure:
+        # 4 columns (occluded | 2 inpaintings | original) x 5 rows of 8x8 tiles, 1 px gaps, scaled 6x
+        assert figure.size == ((4 * 9 + 1) * 6, (5 * 9 + 1) * 6)
+
+
+@pytest.mark.timeout(120)
+def test_random_masks_depend_only_on_seed_and_id():
+    a = image_mask("random", (1, 8, 8), seed=0, source_id=5, file_mask=None)
+    assert a.shape == (1, 8, 8) and a.dtype == torch.bool
+    assert torch.equal(a, image_mask("random", (1, 8, 8), seed=0, source_id=5, file_mask=None))
+    assert not torch.equal(a, image_mask("random", (1, 8, 8), seed=0, source_id=6, file_mask=None))
+
+
+# ----------------------------------------------------------------- bad input: clear errors
+
+
+@pytest.mark.timeout(120)
+def test_cli_refuses_missing_and_corrupt_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    missing = run_cli(["--checkpoint", str(tmp_path / "no-such-run"), "--n", "4", "--out", str(out)])
+    assert missing.returncode == 2, missing.stderr
+    assert "no checkpoint found" in missing.stderr and "Traceback" not in missing.stderr
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    bad = run_cli(["--checkpoint", str(corrupt), "--n", "4", "--out", str(out)])
+    assert bad.returncode == 2, bad.stderr
+    assert "not a readable checkpoint" in bad.stderr
+    assert not out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_cli_refuses_a_different_job_into_a_finished_sample_set(s3_samples, tiny_run, s3_server):
+    uri, endpoint, _, _ = s3_samples
+    storage = Storage.from_uri(uri, endpoint_url=endpoint)
+    manifest_before = storage.read_bytes("manifest.json")
+    result = run_cli(
+        ["--checkpoint", str(tiny_run), "--n", "24", "--out", uri, "--shard-size", "10", "--batch-size", "4",
+         "--steps-per-level", "3"],
+        env=s3_server["env"],
+    )
+    assert result.returncode == 2, result.stderr
+    assert "holds a different job" in result.stderr and "steps_per_level: was 2, now 3" in result.stderr
+    assert storage.read_bytes("manifest.json") == manifest_before
+
+
+@pytest.mark.timeout(120)
+def test_bad_arguments_are_refused_before_anything_is_written(tiny_run, tmp_path, capsys):
+    cli = load_cli()
+    out = tmp_path / "out"
+    for n in ("0", "-3"):
+        assert cli.main(["--checkpoint", str(tiny_run), "--n", n, "--out", str(out)]) == 2
+        assert "--n must be at least 1" in capsys.readouterr().err
+    assert cli.main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out), "--set", "model.ngf=8"]) == 2
+    assert "only sampling.* settings" in capsys.readouterr().err
+    assert cli.main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out), "--set", "sampling.init=sideways"]) == 2
+    assert "sampling.init must be one of" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--checkpoint", str(tiny_run), "--out", str(out)])
+    assert exit_info.value.code == 2 and "--n is required" in capsys.readouterr().err
+
+    # A folder that is not a sample set is never written into.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli.main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(other)]) == 2
+    assert "not a sample set" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.timeout(120)
+def test_inpainting_refuses_incomplete_datasets_and_bad_masks(tiny_run, tmp_path, capsys):
+    cli = load_cli()
+    incomplete = tmp_path / "incomplete"
+    write_dataset(Storage.from_uri(str(incomplete)), digits_uint8(4), shard_size=2, manifest=False)
+    out = tmp_path / "out"
+    args = ["--mode", "inpaint", "--checkpoint", str(tiny_run), "--out", str(out)]
+    assert cli.main([*args, "--data", str(incomplete)]) == 2
+    assert "no manifest: it is incomplete" in capsys.readouterr().err
+
+    data = tmp_path / "data"
+    write_dataset(Storage.from_uri(str(data)), digits_uint8(4), shard_size=2)
+    wrong_size = tmp_path / "mask16.png"
+    Image.fromarray(np.full((16, 16), 255, dtype=np.uint8)).save(wrong_size)
+    assert cli.main([*args, "--data", str(data), "--mask", str(wrong_size)]) == 2
+    assert "the mask is 16x16 (W x H) but the images are 8x8" in capsys.readouterr().err
+    assert cli.main([*args, "--data", str(data), "--mask", str(tmp_path / "nope.png")]) == 2
+    assert "cannot read the mask file" in capsys.readouterr().err
+    rgb = tmp_path / "rgb"
+    write_dataset(Storage.from_uri(str(rgb)), np.zeros((2, 8, 8, 3), dtype=np.uint8), shard_size=2)
+    assert cli.main([*args, "--data", str(rgb)]) == 2
+    assert "images are 3x8x8 (CxHxW) but the checkpoint models 1x8x8" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(GenerationError, match="samples-per-image"):
+        inpaint_images(InpaintOptions(data=str(data), checkpoint=str(tiny_run), samples_per_image=0), log=quiet)
+
+
+# ----------------------------------------------------------------- ray job submit
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path):
+    """``ray job submit -- python jobs/generate.py`` on a token-authenticated local head.
+
+    The checkpoint is uploaded to S3 first: the job reads and writes only object storage.
+    Credentials go to the node environment, the endpoint to the job's runtime_env.
+    """
+    from ray_head import job_output, job_succeeded, local_ray_head, submit_job
+
+    name, endpoint = bucket
+    run_uri = f"s3://{name}/runs/tiny"
+    ckpt = tiny_run / "checkpoint_000001"
+    run_storage = Storage.from_uri(run_uri, endpoint_url=endpoint)
+    for item in ("checkpoint.pt", "step.txt"):
+        run_storage.write_bytes(f"checkpoint_000001/{item}", (ckpt / item).read_bytes())
+    out_uri = f"s3://{name}/job-samples"
+    credentials = {k: v for k, v in s3_server["env"].items() if k != "AWS_ENDPOINT_URL"}
+    with local_ray_head(tmp_path=tmp_path / "head", num_cpus=2, env=credentials) as head:
+        result = submit_job(
+            head,
+            ["python", "jobs/generate.py", "--checkpoint", run_uri, "--n", "6", "--shard-size", "3", "--out", out_uri, "--json"],
+            working_dir=REPO,
+            env={"AWS_ENDPOINT_URL": endpoint},
+            timeout=360,
+        )
+    assert job_succeeded(result), job_output(result)
+    assert "[generate] 6/6 samples (100.0%)" in result.stdout, job_output(result)
+    storage = Storage.from_uri(out_uri, endpoint_url=endpoint)
+    manifest = read_sample_manifest(storage)
+    assert manifest["count"] == 6
+    assert manifest["checkpoint"]["uri"] == f"{run_uri}/checkpoint_000001/checkpoint.pt"
+    assert sorted(seeds_and_pngs(storage)) == list(range(6))
