@@ -436,34 +436,15 @@ class InpaintShards(_ShardActor):
 
 
 def ensure_ray(*, num_cpus: int | None = None, object_store_memory: int = 300 * 1024**2) -> bool:
-    """Start or join Ray; returns True if this call started it (the caller then shuts it down).
+    """Start or join Ray (see :func:`ncsn_ray.raycluster.init_ray`); True if this call started it.
 
-    ``ray.init()`` with no address: under ``ray job submit`` (``RAY_ADDRESS`` set) it attaches
-    to the cluster; on a laptop it starts an embedded instance with ``num_cpus`` (default:
-    all cores) and a modest object store (only small status rows pass through it).
+    On a laptop the embedded instance gets ``num_cpus`` (default: all cores) and a modest
+    object store: only small status rows pass through it.
     """
-    import ray
+    from .raycluster import init_ray
 
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return True
-    # Embedded Ray: its workers inherit this environment; make the source tree importable
-    # there too when the project is not pip-installed (jobs/*.py put it on sys.path only).
-    root = str(Path(__file__).resolve().parents[1])
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
-    try:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            object_store_memory=object_store_memory,
-            include_dashboard=False,
-        )
-    except ValueError:  # an existing local cluster was found: it fixes its own resources
-        ray.init()
-    return True
+    return init_ray(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_memory,
+                    log=lambda *a: None)
 
 
 @dataclass

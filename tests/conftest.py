@@ -49,3 +49,13 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
     return name, s3_server["endpoint"]
+
+
+@pytest.fixture(scope="session")
+def digits_local(tmp_path_factory):
+    """scikit-learn's digits prepared once per session into a local folder (a real dataset)."""
+    from ncsn_ray.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare_dataset("digits", str(out), log=lambda *a: None)
+    return out

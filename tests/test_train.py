@@ -34,11 +34,6 @@ def ray_instance():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def digits_local(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "digits"
-    prepare_dataset("digits", str(out), log=lambda *a: None)
-    return out
 
 
 @pytest.mark.timeout(400)

@@ -14,18 +14,12 @@ import json
 import pytest
 
 from ncsn_core import load_checkpoint
-from ncsn_ray.prepare import prepare_dataset
 from ray_head import job_output, job_succeeded, local_ray_head, submit_job
 from train_helpers import REPO, metrics, write_tiny_config
 
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.fixture(scope="module")
-def digits_local(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "digits"
-    prepare_dataset("digits", str(out), log=lambda *a: None)
-    return out
 
 
 @pytest.mark.timeout(600)

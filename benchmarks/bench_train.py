@@ -1,0 +1,129 @@
+"""Training throughput through jobs/train.py's Ray Train path vs a plain PyTorch loop, one run.
+
+Both sides train the same config (model, global batch size, loss, Adam, EMA, augmentation)
+on the same data:
+
+* plain: a single-process loop over the decoded images held in memory;
+* Ray: ``ncsn_ray.train_job.run`` with one worker: Ray Train, Ray Data ingest from the
+  Parquet dataset, checkpoints, metrics. Its images/s is read from the worker's own
+  ``metrics.jsonl`` windows after the first (warm-up) window, i.e. steady state, excluding
+  cluster start-up; the end-to-end wall time including start-up is printed as well.
+
+The plain loop runs before and after the Ray run and the two timings are averaged, to damp
+drift on a noisy machine. The ratio (Ray images/s) / (plain images/s) is what ingest and
+Ray overhead cost: 1.0 means nothing.
+
+    python benchmarks/bench_train.py [--config jobs/configs/digits.yaml] [--steps 80] [--log-every 20] [--use-gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ncsn_core import EMA, LOSSES, build_model, geometric_sigmas, load_config  # noqa: E402
+from ncsn_ray.datasets import decode_images, iter_tables, read_manifest  # noqa: E402
+from ncsn_ray.prepare import ensure_prepared  # noqa: E402
+from ncsn_ray.storage import Storage  # noqa: E402
+from ncsn_ray.train_data import augment  # noqa: E402
+
+
+def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    ema = EMA(model, config.training.ema_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=config.training.lr)
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels).to(device)
+    loss_fn = LOSSES[config.training.loss]
+    batch = config.training.batch_size
+    data = images.to(device)
+    g = torch.Generator().manual_seed(0)
+    start = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        idx = torch.randint(0, len(data), (batch,), generator=g).to(device)
+        x = augment(data[idx], dequantize=config.data.dequantize, random_flip=config.data.random_flip)
+        out = loss_fn(model, x, sigmas, anneal_power=config.training.anneal_power)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        ema.update(model)
+        float(out.loss)  # the Ray loop checks finiteness on the host at log steps; keep work comparable
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "digits.yaml"))
+    parser.add_argument("--data", default=None, help="prepared dataset (default: digits prepared into a temp folder)")
+    parser.add_argument("--steps", type=int, default=80, help="Ray run length (first log window is warm-up)")
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--use-gpu", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    device = torch.device("cuda" if args.use_gpu else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_uri = args.data or str(Path(tmp) / "data")
+        if args.data is None:
+            ensure_prepared(config.data.dataset, data_uri, log=lambda *a: None)
+        storage = Storage.from_uri(data_uri)
+        manifest = read_manifest(storage)
+        images = torch.from_numpy(np.concatenate(
+            [decode_images(t.column("image").to_pylist(), manifest.channels) for t in iter_tables(storage, manifest)]
+        )).permute(0, 3, 1, 2).contiguous()
+        timed = max(args.steps - args.log_every, args.log_every)
+        plain_before = plain_images_per_s(config, images, timed, warmup=5, device=device)
+
+        from ncsn_ray.train_job import build_parser, run
+
+        run_args = build_parser().parse_args([
+            "--config", args.config, "--data", data_uri, "--storage", str(Path(tmp) / "runs"), "--name", "bench",
+            "--steps", str(args.steps), "--checkpoint-every", str(args.steps), "--no-preview", "--max-failures", "0",
+            "--set", f"training.log_every={args.log_every}",
+        ] + (["--use-gpu"] if args.use_gpu else []))
+        wall = time.perf_counter()
+        run(run_args, log=lambda *a: None)
+        wall = time.perf_counter() - wall
+        lines = (Path(tmp) / "runs" / "bench" / "metrics.jsonl").read_text().splitlines()
+        windows = [json.loads(line) for line in lines][1:]  # drop the warm-up window
+        ray_ips = float(np.mean([w["images_per_s"] for w in windows]))
+        plain_after = plain_images_per_s(config, images, timed, warmup=5, device=device)
+
+    plain = (plain_before + plain_after) / 2
+    result = {
+        "benchmark": "train_ray_vs_plain",
+        "config": Path(args.config).stem,
+        "device": str(device),
+        "batch_size": config.training.batch_size,
+        "ray_steps": args.steps,
+        "ray_images_per_s": round(ray_ips, 2),
+        "ray_window_images_per_s": [w["images_per_s"] for w in windows],
+        "ray_wall_seconds_including_startup": round(wall, 1),
+        "plain_images_per_s_before": round(plain_before, 2),
+        "plain_images_per_s_after": round(plain_after, 2),
+        "ratio": round(ray_ips / plain, 4),
+    }
+    print(f"Ray Train path {ray_ips:.1f} img/s (steady state, windows {result['ray_window_images_per_s']}) / "
+          f"plain loop {plain:.1f} img/s (before {plain_before:.1f}, after {plain_after:.1f}) = ratio {result['ratio']:.3f}; "
+          f"Ray run wall time incl. start-up {wall:.1f}s for {args.steps} steps")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
