@@ -43,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", action="store_true", help="run Inception on a GPU")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs the evaluation task reserves (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per Inception batch (default: %(default)s)")
+    parser.add_argument("--reference-limit", type=int, default=None,
+                        help="score against the first N reference images only (default: all)")
     parser.add_argument("--no-ray", action="store_true", help="run in this process instead of a Ray task")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON on the last line")
     args = parser.parse_args(argv)
     options = dict(metrics=args.metrics, inception_weights=args.inception_weights, endpoint_url=args.s3_endpoint,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, reference_limit=args.reference_limit)
     try:
         if args.no_ray:
             result = evaluate(args.samples, args.reference, device="cuda" if args.use_gpu else None, **options)

@@ -147,10 +147,11 @@ def resolve_inception_weights(
     return cached, {"source": f"torch hub cache ({url})", "sha256": _sha256_file(cached)}
 
 
-def _reference_key(manifest: DatasetManifest, weights_sha256: str) -> str:
-    """Cache name for a reference dataset + weights: changes when either changes."""
+def _reference_key(manifest: DatasetManifest, weights_sha256: str, limit: int | None = None) -> str:
+    """Cache name for a reference dataset (or its first ``limit`` images) + weights."""
     content = json.dumps(manifest.to_json(), sort_keys=True).encode()
-    return f"ref-{hashlib.sha256(content).hexdigest()[:16]}-w{weights_sha256[:16]}"
+    subset = f"-first{limit}" if limit is not None else ""
+    return f"ref-{hashlib.sha256(content).hexdigest()[:16]}{subset}-w{weights_sha256[:16]}"
 
 
 def _sync_cache_down(cache: Storage, key: str, local: Path) -> set[str]:
@@ -171,10 +172,18 @@ def _sync_cache_up(cache: Storage, key: str, local: Path, before: set[str]) -> l
     return added
 
 
-def _load_reference(storage: Storage, manifest: DatasetManifest) -> np.ndarray:
-    return np.concatenate(
-        [decode_images(t.column("image").to_pylist(), manifest.channels) for t in iter_tables(storage, manifest)]
-    )
+def _load_reference(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> np.ndarray:
+    """The reference images in id order, ``(N, H, W, C)`` uint8; only the first ``limit`` if given."""
+    parts, have = [], 0
+    for table in iter_tables(storage, manifest):
+        if limit is not None and have >= limit:
+            break
+        rows = table.column("image").to_pylist()
+        if limit is not None:
+            rows = rows[: limit - have]
+        parts.append(decode_images(rows, manifest.channels))
+        have += len(rows)
+    return np.concatenate(parts)
 
 
 def _load_samples(storage: Storage, manifest: dict[str, Any]) -> np.ndarray:
@@ -199,6 +208,7 @@ class EvalInputs:
     ref_manifest: DatasetManifest
     metrics: list[str]
     image_shape: tuple[int, int, int]  # (C, H, W)
+    reference_limit: int | None = None  # score against the first N reference images only
 
     @property
     def n_samples(self) -> int:
@@ -206,11 +216,17 @@ class EvalInputs:
 
     @property
     def n_reference(self) -> int:
-        return int(self.ref_manifest.num_rows)
+        rows = int(self.ref_manifest.num_rows)
+        return rows if self.reference_limit is None else min(rows, self.reference_limit)
 
 
 def check_inputs(
-    samples_uri: str, reference_uri: str, *, metrics: str | list[str] = "fid,isc,kid", endpoint_url: str | None = None
+    samples_uri: str,
+    reference_uri: str,
+    *,
+    metrics: str | list[str] = "fid,isc,kid",
+    endpoint_url: str | None = None,
+    reference_limit: int | None = None,
 ) -> EvalInputs:
     """Refuse what cannot be evaluated: unknown metrics, an incomplete sample set (no
     manifest), a reference that is not a complete dataset, or images of another size or
@@ -228,7 +244,9 @@ def check_inputs(
             f"the samples are {sample_shape[0]}x{sample_shape[1]}x{sample_shape[2]} (CxHxW) but the reference "
             f"{reference.uri} holds {ref_shape[0]}x{ref_shape[1]}x{ref_shape[2]} images: compare like with like"
         )
-    inputs = EvalInputs(samples, reference, sample_manifest, ref_manifest, wanted, sample_shape)
+    if reference_limit is not None and reference_limit < 2:
+        raise EvaluationError(f"--reference-limit must be at least 2, got {reference_limit}")
+    inputs = EvalInputs(samples, reference, sample_manifest, ref_manifest, wanted, sample_shape, reference_limit)
     if inputs.n_samples < 2 or inputs.n_reference < 2:
         raise EvaluationError(
             f"need at least 2 images on each side (samples {inputs.n_samples}, reference {inputs.n_reference})"
@@ -246,6 +264,7 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     kid_subset_size: int = 1000,
+    reference_limit: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score a complete sample set against a prepared dataset, in this process; write and
@@ -257,14 +276,16 @@ def evaluate(
     the sample set's ``checkpoint`` and ``sampler``, ``inception_weights``, and
     ``reference_cache`` (``"hit"`` or ``"computed"``). KID uses subsets of
     ``min(kid_subset_size, num_samples, num_reference)`` images; IS uses
-    ``min(10, num_samples)`` splits.
+    ``min(10, num_samples)`` splits. ``reference_limit`` scores against the first N reference
+    images only (cheaper; FID against a subset is a biased estimate, so compare like with like).
     """
     import torch_fidelity
 
     if batch_size < 1:
         raise EvaluationError(f"--batch-size must be at least 1, got {batch_size}")
     endpoint = endpoint_url or endpoint_from_env()
-    inputs = check_inputs(samples_uri, reference_uri, metrics=metrics, endpoint_url=endpoint)
+    inputs = check_inputs(samples_uri, reference_uri, metrics=metrics, endpoint_url=endpoint,
+                          reference_limit=reference_limit)
     samples, reference = inputs.samples, inputs.reference
     sample_manifest, ref_manifest, wanted = inputs.sample_manifest, inputs.ref_manifest, inputs.metrics
     sample_shape, n_samples, n_reference = inputs.image_shape, inputs.n_samples, inputs.n_reference
@@ -275,7 +296,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="ncsn-fidelity-") as tmp:
         workdir = Path(tmp)
         weights_path, weights_id = resolve_inception_weights(inception_weights, endpoint_url=endpoint, workdir=workdir, log=log)
-        key = _reference_key(ref_manifest, weights_id["sha256"])
+        key = _reference_key(ref_manifest, weights_id["sha256"], reference_limit)
         cache = reference.child(CACHE_DIR)
         local_cache = workdir / "cache"
         local_cache.mkdir()
@@ -287,7 +308,7 @@ def evaluate(
         started = time.perf_counter()
         scores = torch_fidelity.calculate_metrics(
             input1=UInt8ImageDataset(lambda: _load_samples(samples, sample_manifest), n_samples),
-            input2=UInt8ImageDataset(lambda: _load_reference(reference, ref_manifest), n_reference),
+            input2=UInt8ImageDataset(lambda: _load_reference(reference, ref_manifest, reference_limit), n_reference),
             input2_cache_name=key,
             cache_root=str(local_cache),
             cache=True,
@@ -353,7 +374,8 @@ def evaluate_on_ray(
         raise EvaluationError(f"--num-cpus must be positive, got {num_cpus}")
     endpoint = kwargs.get("endpoint_url") or endpoint_from_env()
     kwargs["endpoint_url"] = endpoint
-    inputs = check_inputs(samples_uri, reference_uri, metrics=kwargs.get("metrics", "fid,isc,kid"), endpoint_url=endpoint)
+    inputs = check_inputs(samples_uri, reference_uri, metrics=kwargs.get("metrics", "fid,isc,kid"), endpoint_url=endpoint,
+                          reference_limit=kwargs.get("reference_limit"))
     # Local paths made absolute: the task's working directory may differ from ours.
     samples_uri, reference_uri = inputs.samples.uri, inputs.reference.uri
     weights = kwargs.get("inception_weights")

@@ -1,10 +1,9 @@
 """FID / IS / KID evaluation (ncsn_ray.evaluation, jobs/evaluate.py) with torch-fidelity.
 
 The real InceptionV3 weights cannot be downloaded here, so the full path runs with a weights
-file made in the test: torch-fidelity's own ``FeatureExtractorInceptionV3`` architecture,
-randomly initialised (He-normal convolutions, so that features keep a usable scale) and
-saved as a plain ``state_dict``, which is the format its ``feature_extractor_weights_path``
-loads. Scores are therefore not comparable with published ones; the tests check the
+file made in the test (``inception_weights_file`` in conftest.py): torch-fidelity's own
+``FeatureExtractorInceptionV3`` architecture, randomly initialised and saved in the format
+its ``feature_extractor_weights_path`` loads. Scores are therefore not comparable with published ones; the tests check the
 plumbing: identical image sets score FID ~ 0, other images score higher, reference features
 are cached beside the reference in object storage (a real S3 API on loopback, moto) and
 reused, and bad input fails with clear errors.
@@ -99,27 +98,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory) -> Path:
-    """Random InceptionV3 weights in torch-fidelity's state_dict format (see the module docstring)."""
-    from torch import nn
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class Untrained(FeatureExtractorInceptionV3):
-        # torch-fidelity's constructor loads weights; load nothing (keep the random init).
-        def load_state_dict(self, state_dict, strict=True, assign=False):
-            return super().load_state_dict(state_dict, strict=False)
-
-    folder = tmp_path_factory.mktemp("inception")
-    empty = folder / "empty.pt"
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    network = Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = folder / "weights-inception-random.pth"
-    torch.save(network.state_dict(), path)
-    return path
+def inception_weights(inception_weights_file) -> Path:
+    """Random InceptionV3 weights (see ``inception_weights_file`` in conftest.py)."""
+    return inception_weights_file
 
 
 @pytest.fixture(scope="module")

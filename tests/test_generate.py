@@ -426,6 +426,7 @@ def test_inpainting_refuses_incomplete_datasets_and_bad_masks(tiny_run, tmp_path
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # CI covers this path in tests/test_pipeline_e2e.py; run with -m slow
 @pytest.mark.timeout(420)
 def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path):
     """``ray job submit -- python jobs/generate.py`` on a token-authenticated local head.
