@@ -13,6 +13,8 @@ Both have the signature ``model(x, level) -> score`` with ``score.shape == x.sha
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -142,13 +144,22 @@ def make_score_fn(model: nn.Module, *, precision: str = "fp32", compile: bool = 
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     network = model.eval()
-    if compile:
-        network = torch.compile(network, dynamic=False)
+    compiled = torch.compile(network, dynamic=False) if compile else None
+
+    def forward(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(x, level)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: keep sampling, eagerly
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); running the network eagerly")
+                compiled = None
+        return network(x, level)
 
     def score_fn(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         if precision == "bf16":
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                return network(x, level).to(x.dtype)
-        return network(x, level)
+                return forward(x, level).to(x.dtype)
+        return forward(x, level)
 
     return score_fn

@@ -161,6 +161,7 @@ def annealed_langevin(
     x = x.clone()
     batch = x.shape[0]
     all_labels = torch.arange(len(alphas), device=x.device).repeat_interleave(batch).view(len(alphas), batch)
+    sigma_values = [float(s) for s in sigmas.tolist()]  # one host read, not one per step
     for level, alpha in enumerate(alphas):
         labels = all_labels[level]
         drift, diffusion = alpha / 2, math.sqrt(alpha)
@@ -169,9 +170,9 @@ def annealed_langevin(
             x.add_(score_fn(x, labels), alpha=drift).add_(block[step], alpha=diffusion)
             _clamp_(x, clamp)
             if callback is not None:
-                callback({"x": x, "level": level, "step": step, "sigma": float(sigmas[level])})
+                callback({"x": x, "level": level, "step": step, "sigma": sigma_values[level]})
     if final_denoise:
-        sigma_min = float(sigmas[-1])
+        sigma_min = sigma_values[-1]
         x.add_(score_fn(x, all_labels[-1]), alpha=sigma_min**2)
         _clamp_(x, clamp)
     return x
