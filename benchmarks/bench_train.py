@@ -13,7 +13,10 @@ The plain loop runs before and after the Ray run and the two timings are average
 drift on a noisy machine. The ratio (Ray images/s) / (plain images/s) is what ingest and
 Ray overhead cost: 1.0 means nothing.
 
-    python benchmarks/bench_train.py [--config jobs/configs/digits.yaml] [--steps 80] [--log-every 20] [--use-gpu]
+    python benchmarks/bench_train.py [--config jobs/configs/digits.yaml] [--steps 80] [--log-every 20]
+        [--num-workers 1] [--use-gpu]
+
+With ``--num-workers 2`` the global batch stays the same and is split across two DDP workers.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=80, help="Ray run length (first log window is warm-up)")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=1, help="DDP workers on the Ray side (global batch unchanged)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     device = torch.device("cuda" if args.use_gpu else "cpu")
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         run_args = build_parser().parse_args([
             "--config", args.config, "--data", data_uri, "--storage", str(Path(tmp) / "runs"), "--name", "bench",
             "--steps", str(args.steps), "--checkpoint-every", str(args.steps), "--no-preview", "--max-failures", "0",
-            "--set", f"training.log_every={args.log_every}",
+            "--set", f"training.log_every={args.log_every}", "--num-workers", str(args.num_workers),
         ] + (["--use-gpu"] if args.use_gpu else []))
         wall = time.perf_counter()
         run(run_args, log=lambda *a: None)
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "batch_size": config.training.batch_size,
         "ray_steps": args.steps,
+        "num_workers": args.num_workers,
         "ray_images_per_s": round(ray_ips, 2),
         "ray_window_images_per_s": [w["images_per_s"] for w in windows],
         "ray_wall_seconds_including_startup": round(wall, 1),
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain_images_per_s_after": round(plain_after, 2),
         "ratio": round(ray_ips / plain, 4),
     }
-    print(f"Ray Train path {ray_ips:.1f} img/s (steady state, windows {result['ray_window_images_per_s']}) / "
+    print(f"Ray Train path ({args.num_workers} worker(s)) {ray_ips:.1f} img/s (steady state, windows {result['ray_window_images_per_s']}) / "
           f"plain loop {plain:.1f} img/s (before {plain_before:.1f}, after {plain_after:.1f}) = ratio {result['ratio']:.3f}; "
           f"Ray run wall time incl. start-up {wall:.1f}s for {args.steps} steps")
     print(json.dumps(result))
