@@ -15,7 +15,7 @@ from ncsn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 from .storage import Storage, StorageError
 
-__all__ = ["CHECKPOINT_FILE", "resolve_checkpoint", "load_checkpoint_uri", "list_checkpoints"]
+__all__ = ["CHECKPOINT_FILE", "resolve_checkpoint", "read_checkpoint_bytes", "load_checkpoint_uri", "list_checkpoints"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 STEP_FILE = "step.txt"
@@ -53,11 +53,16 @@ def resolve_checkpoint(uri: str, *, endpoint_url: str | None = None) -> Storage:
     return target.child(checkpoints[-1][1], CHECKPOINT_FILE)
 
 
-def load_checkpoint_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[Checkpoint, str]:
-    """Load (and verify) the checkpoint a URI names; returns it and the file's URI."""
+def read_checkpoint_bytes(uri: str, *, endpoint_url: str | None = None) -> tuple[bytes, Storage]:
+    """The raw bytes of the checkpoint file a URI names, and where that file is."""
     try:
         location = resolve_checkpoint(uri, endpoint_url=endpoint_url)
-        data = location.read_bytes()
+        return location.read_bytes(), location
     except StorageError as err:
         raise CheckpointError(str(err)) from err
+
+
+def load_checkpoint_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[Checkpoint, str]:
+    """Load (and verify) the checkpoint a URI names; returns it and the file's URI."""
+    data, location = read_checkpoint_bytes(uri, endpoint_url=endpoint_url)
     return load_checkpoint(data, name=location.uri), location.uri

@@ -38,7 +38,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -62,7 +61,7 @@ from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import Config
 from ncsn_core.inpainting import MASK_KINDS
 
-from .checkpoints import resolve_checkpoint
+from .checkpoints import read_checkpoint_bytes
 from .datasets import SCHEMA as DATASET_SCHEMA
 from .datasets import DatasetError, DatasetManifest, read_manifest
 from .figures import decode_png, image_grid, png_bytes, to_uint8
@@ -171,22 +170,13 @@ class PinnedCheckpoint:
 
 def pin_checkpoint(uri: str, *, endpoint_url: str | None = None) -> tuple[Checkpoint, PinnedCheckpoint]:
     """Resolve a run folder / checkpoint folder / ``.pt`` URI to one file, load and verify it."""
-    try:
-        location = resolve_checkpoint(uri, endpoint_url=endpoint_url)
-        data = location.read_bytes()
-    except StorageError as err:
-        raise CheckpointError(str(err)) from err
+    data, location = read_checkpoint_bytes(uri, endpoint_url=endpoint_url)
     checkpoint = load_checkpoint(data, name=location.uri)
     if checkpoint.config.model.kind != "ncsn":
         raise CheckpointError(
             f"{location.uri}: a {checkpoint.config.model.kind!r} model; generation needs an image model (ncsn)"
         )
-    return checkpoint, PinnedCheckpoint(portable_uri(location), hashlib.sha256(data).hexdigest(), checkpoint.step)
-
-
-def portable_uri(storage: Storage) -> str:
-    """The URI to hand to workers: local paths made absolute (a worker's cwd may differ)."""
-    return storage.path if storage.is_local else storage.uri
+    return checkpoint, PinnedCheckpoint(location.uri, hashlib.sha256(data).hexdigest(), checkpoint.step)
 
 
 def load_pinned(pinned: PinnedCheckpoint, *, endpoint_url: str | None = None) -> Checkpoint:
@@ -632,7 +622,7 @@ def _constructor_kwargs(pinned: PinnedCheckpoint, settings: SamplerSettings, bat
         "checkpoint": asdict(pinned),
         "settings": settings.to_dict(),
         "batch_size": batch_size,
-        "out_uri": portable_uri(out),
+        "out_uri": out.uri,
         "endpoint_url": endpoint,
         "use_gpu": plan.use_gpu,
         "threads": max(1, int(round(plan.cpus_per_actor))),
@@ -871,7 +861,7 @@ def inpaint_images(options: InpaintOptions, *, log: Callable[[str], None] = prin
     if pending:
         kwargs = _constructor_kwargs(pinned, settings, batch_size, out, endpoint, options.actors, options.fail_after_shards)
         kwargs.update(
-            data_uri=portable_uri(data), data_shards=shards, mask=mask_arg, samples_per_image=options.samples_per_image, seed=options.seed
+            data_uri=data.uri, data_shards=shards, mask=mask_arg, samples_per_image=options.samples_per_image, seed=options.seed
         )
         progress = Progress(total, sum(u.count for u in units if u.name in done), "images", log)
         _run_pipeline(InpaintShards, kwargs, pending, options.actors, progress, log)

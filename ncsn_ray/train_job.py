@@ -9,7 +9,6 @@ run's compatibility with the config.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path

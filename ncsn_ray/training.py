@@ -218,7 +218,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ddp_model.train()
 
     def check_finite_and_log(final: bool) -> None:
-        nonlocal level_sums, level_counts, window_start, window_steps
+        nonlocal window_start, window_steps
         stats = _all_reduce(torch.cat([level_sums, level_counts]))
         bad = _all_reduce(first_bad_step.clone(), "min")
         sums, counts = stats[:L], stats[L:]
