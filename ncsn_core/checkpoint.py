@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError, config_from_dict
-from .ema import _unwrap
-from .model import build_model
+from .model import build_model, unwrap_model
 from .noise import geometric_sigmas
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_bytes"]
@@ -103,11 +102,11 @@ def checkpoint_bytes(
     Raises :class:`CheckpointError` if any weight is NaN or infinite: a checkpoint with
     non-finite weights is never written.
     """
-    model_state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    model_state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     _check_finite(model_state, "model")
     ema_state = None
     if ema is not None:
-        raw = ema if isinstance(ema, dict) else _unwrap(ema).state_dict()
+        raw = ema if isinstance(ema, dict) else unwrap_model(ema).state_dict()
         ema_state = {k: v.detach().cpu() for k, v in raw.items()}
         _check_finite(ema_state, "EMA")
     payload: dict[str, Any] = {

@@ -7,6 +7,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from .model import unwrap_model
+
 __all__ = ["EMA"]
 
 
@@ -21,11 +23,11 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.module = copy.deepcopy(_unwrap(model)).eval().requires_grad_(False)
+        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        model = _unwrap(model)
+        model = unwrap_model(model)
         ema_params = list(self.module.parameters())
         params = list(model.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - self.decay)
@@ -38,13 +40,3 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

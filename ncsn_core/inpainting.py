@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .noise_sources import NoiseSource
-from .sampling import Callback, ScoreFn, _clamp_, _noise_for, annealed_step_sizes
+from .noise_sources import NoiseSource, noise_source_for
+from .sampling import Callback, ScoreFn, annealed_step_sizes, clamp_
 
 __all__ = ["annealed_langevin_inpaint", "make_mask", "MASK_KINDS"]
 
@@ -51,7 +51,7 @@ def annealed_langevin_inpaint(
         raise ValueError(f"known images {tuple(known.shape)} and samples {tuple(x.shape)} differ in shape")
     mask = mask.to(x.device).expand_as(x)
     alphas = annealed_step_sizes(sigmas, eps)
-    source = _noise_for(x, generator, noise)
+    source = noise_source_for(x, generator, noise)
     x = torch.where(mask, known, x)
     batch = x.shape[0]
     for level, alpha in enumerate(alphas):
@@ -63,7 +63,7 @@ def annealed_langevin_inpaint(
         drift, diffusion = alpha / 2, math.sqrt(alpha)
         for step in range(steps_per_level):
             x.add_(score_fn(x, labels), alpha=drift).add_(block[step + 1], alpha=diffusion)
-            _clamp_(x, clamp)
+            clamp_(x, clamp)
             x = torch.where(mask, corrupted, x)
             if callback is not None:
                 callback({"x": x, "level": level, "step": step, "sigma": sigma})

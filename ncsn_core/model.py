@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .layers import ConditionalInstanceNorm2dPlus, CondRefineBlock, CondResidualBlock, conv3x3
 
-__all__ = ["NCSN", "ToyScoreMLP"]
+__all__ = ["NCSN", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model"]
 
 
 class NCSN(nn.Module):
@@ -120,6 +120,17 @@ class ToyScoreMLP(nn.Module):
             scale, shift = film(level).chunk(2, dim=1)
             h = self.act(linear(h) * scale + shift)
         return self.out(h)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def build_model(config) -> nn.Module:

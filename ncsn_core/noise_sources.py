@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-__all__ = ["NoiseSource", "GeneratorNoise", "PerSampleNoise"]
+__all__ = ["NoiseSource", "GeneratorNoise", "PerSampleNoise", "noise_source_for"]
 
 
 class NoiseSource(Protocol):
@@ -102,3 +102,18 @@ class PerSampleNoise:
         shape = (steps, *self.sample_shape)
         draws = [torch.randn(shape, generator=g, device=self.device, dtype=self.dtype) for g in self.generators]
         return torch.stack(draws, dim=1)
+
+
+def noise_source_for(
+    x: torch.Tensor, generator: torch.Generator | None = None, noise: NoiseSource | None = None
+) -> NoiseSource:
+    """The noise source a sampler uses for samples shaped like ``x``.
+
+    ``noise`` wins when given (its batch shape must equal ``x.shape``); otherwise a
+    :class:`GeneratorNoise` over ``generator`` (or the global RNG) on ``x``'s device and dtype.
+    """
+    if noise is not None:
+        if tuple(noise.batch_shape) != tuple(x.shape):
+            raise ValueError(f"noise source shape {tuple(noise.batch_shape)} != sample shape {tuple(x.shape)}")
+        return noise
+    return GeneratorNoise(x.shape, generator, device=x.device, dtype=x.dtype)

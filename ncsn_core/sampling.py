@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .noise import validate_sigmas
-from .noise_sources import GeneratorNoise, NoiseSource
+from .noise_sources import GeneratorNoise, NoiseSource, noise_source_for
 
 __all__ = [
     "ScoreFn",
@@ -39,18 +39,11 @@ __all__ = [
     "langevin",
     "annealed_langevin",
     "annealed_step_sizes",
+    "clamp_",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
-
-
-def _noise_for(x: torch.Tensor, generator: torch.Generator | None, noise: NoiseSource | None) -> NoiseSource:
-    if noise is not None:
-        if tuple(noise.batch_shape) != tuple(x.shape):
-            raise ValueError(f"noise source shape {tuple(noise.batch_shape)} != sample shape {tuple(x.shape)}")
-        return noise
-    return GeneratorNoise(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def initial_samples(
@@ -84,7 +77,8 @@ def annealed_step_sizes(sigmas: torch.Tensor, eps: float) -> list[float]:
     return [eps * (si / s[-1]) ** 2 for si in s]
 
 
-def _clamp_(x: torch.Tensor, clamp: tuple[float, float] | None) -> None:
+def clamp_(x: torch.Tensor, clamp: tuple[float, float] | None) -> None:
+    """Clamp ``x`` in place to ``clamp = (lo, hi)``; do nothing when ``clamp`` is None."""
     if clamp is not None:
         x.clamp_(clamp[0], clamp[1])
 
@@ -112,7 +106,7 @@ def langevin(
     """
     sigmas = validate_sigmas(sigmas)
     level = level % sigmas.numel()
-    source = _noise_for(x, generator, noise)
+    source = noise_source_for(x, generator, noise)
     x = x.clone()
     labels = torch.full((x.shape[0],), level, dtype=torch.long, device=x.device)
     drift, diffusion = step_size / 2, math.sqrt(step_size)
@@ -122,7 +116,7 @@ def langevin(
         block = source.normal(min(noise_chunk, steps - done))
         for z in block:
             x.add_(score_fn(x, labels), alpha=drift).add_(z, alpha=diffusion)
-            _clamp_(x, clamp)
+            clamp_(x, clamp)
             if callback is not None:
                 callback({"x": x, "level": level, "step": done, "sigma": sigma})
             done += 1
@@ -157,7 +151,7 @@ def annealed_langevin(
     if steps_per_level < 1:
         raise ValueError(f"steps_per_level must be >= 1, got {steps_per_level}")
     alphas = annealed_step_sizes(sigmas, eps)
-    source = _noise_for(x, generator, noise)
+    source = noise_source_for(x, generator, noise)
     x = x.clone()
     batch = x.shape[0]
     all_labels = torch.arange(len(alphas), device=x.device).repeat_interleave(batch).view(len(alphas), batch)
@@ -168,11 +162,11 @@ def annealed_langevin(
         block = source.normal(steps_per_level)
         for step in range(steps_per_level):
             x.add_(score_fn(x, labels), alpha=drift).add_(block[step], alpha=diffusion)
-            _clamp_(x, clamp)
+            clamp_(x, clamp)
             if callback is not None:
                 callback({"x": x, "level": level, "step": step, "sigma": sigma_values[level]})
     if final_denoise:
         sigma_min = sigma_values[-1]
         x.add_(score_fn(x, all_labels[-1]), alpha=sigma_min**2)
-        _clamp_(x, clamp)
+        clamp_(x, clamp)
     return x

@@ -1,24 +1,40 @@
-"""Finding and loading NCSN checkpoints in object storage.
+"""Finding, pinning and loading NCSN checkpoints in object storage.
 
 A training run lives at ``{storage}/{name}/`` (Ray Train's ``RunConfig(storage_path,
-name)``). Each Ray Train checkpoint is a folder ``checkpoint_*`` holding
-``checkpoint.pt`` (the :mod:`ncsn_core.checkpoint` format, optimiser included). A
-checkpoint URI given to a job may name the run folder (its newest checkpoint is used), one
-checkpoint folder, or a ``.pt`` file.
+name)``). Each Ray Train checkpoint is a folder ``checkpoint_XXXXXXXX`` holding
+``checkpoint.pt`` (the :mod:`ncsn_core.checkpoint` format, optimiser included) and
+``step.txt``. A checkpoint URI given to a job may name the run folder (its newest
+checkpoint is used), one checkpoint folder, or a ``.pt`` file.
+
+Pinning: a job that reads a checkpoint on many workers resolves the URI once, to one file,
+and records its SHA-256 (:class:`PinnedCheckpoint`); every worker loads that file and checks
+the digest, so a checkpoint written by a training job mid-way cannot mix into one job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ncsn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
+from .layout import CHECKPOINT_FILE, STEP_FILE
 from .storage import Storage, StorageError
 
-__all__ = ["CHECKPOINT_FILE", "resolve_checkpoint", "read_checkpoint_bytes", "load_checkpoint_uri", "list_checkpoints"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "STEP_FILE",
+    "PinnedCheckpoint",
+    "list_checkpoints",
+    "resolve_checkpoint",
+    "read_checkpoint_bytes",
+    "load_checkpoint_uri",
+    "pin_checkpoint",
+    "load_pinned",
+]
 
-CHECKPOINT_FILE = "checkpoint.pt"
-STEP_FILE = "step.txt"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_")
 
 
@@ -66,3 +82,37 @@ def load_checkpoint_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[C
     """Load (and verify) the checkpoint a URI names; returns it and the file's URI."""
     data, location = read_checkpoint_bytes(uri, endpoint_url=endpoint_url)
     return load_checkpoint(data, name=location.uri), location.uri
+
+
+@dataclass(frozen=True)
+class PinnedCheckpoint:
+    """One checkpoint *file* and its SHA-256: what every worker of a job loads."""
+
+    uri: str
+    sha256: str
+    step: int
+
+    def identity(self) -> dict[str, Any]:
+        """What decides a job's output (the URI is where the file was, not what it is)."""
+        return {"sha256": self.sha256, "step": self.step}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pin_checkpoint(uri: str, *, endpoint_url: str | None = None) -> tuple[Checkpoint, PinnedCheckpoint]:
+    """Resolve a run folder / checkpoint folder / ``.pt`` URI to one file, load and verify it."""
+    data, location = read_checkpoint_bytes(uri, endpoint_url=endpoint_url)
+    checkpoint = load_checkpoint(data, name=location.uri)
+    return checkpoint, PinnedCheckpoint(location.uri, hashlib.sha256(data).hexdigest(), checkpoint.step)
+
+
+def load_pinned(pinned: PinnedCheckpoint, *, endpoint_url: str | None = None) -> Checkpoint:
+    """Load the pinned file, refusing it if its bytes changed since it was pinned."""
+    try:
+        data = Storage.from_uri(pinned.uri, endpoint_url=endpoint_url).read_bytes()
+    except StorageError as err:
+        raise CheckpointError(str(err)) from err
+    if hashlib.sha256(data).hexdigest() != pinned.sha256:
+        raise CheckpointError(f"{pinned.uri}: the checkpoint file changed while the job was running")
+    return load_checkpoint(data, name=pinned.uri)

@@ -1,9 +1,14 @@
 """Prepared image datasets: a folder of Parquet shards plus a manifest written last.
 
-Layout under the dataset URI::
+Layout under the dataset URI (see :mod:`ncsn_ray.layout`)::
 
     shard-00000.parquet, shard-00001.parquet, ...   rows: id int64, image binary (PNG), label int64|null
-    manifest.json                                   written last; its presence = complete
+    _prepare.json                                   the preparation record (written first)
+    _manifest.json                                  written last; its presence = complete
+
+The folder reads as one table with ``pyarrow.dataset`` / ``pandas.read_parquet`` /
+``ray.data.read_parquet`` (they skip ``_`` names). Datasets prepared by earlier versions
+have ``manifest.json`` instead; it is still read.
 
 Manifest (JSON)::
 
@@ -16,16 +21,16 @@ Ids are stable: row k of the source gets id k, so a re-run writes identical shar
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .errors import UserError
 from .figures import decode_png, png_bytes
-from .storage import Storage, StorageError
+from .layout import MANIFEST, existing_name
+from .storage import Storage
 
 __all__ = [
     "DatasetError",
@@ -34,20 +39,19 @@ __all__ = [
     "MANIFEST_NAME",
     "SCHEMA",
     "shard_name",
-    "write_shard",
     "write_manifest",
     "read_manifest",
     "decode_images",
     "encode_rows",
 ]
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST
 FORMAT = "ncsn-dataset"
 VERSION = 1
 SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("label", pa.int64())])
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError):
     """A dataset that cannot be used (missing, incomplete, inconsistent); names the URI."""
 
 
@@ -111,13 +115,6 @@ def encode_rows(images_hwc: np.ndarray, ids: Iterable[int], labels: Iterable[int
     )
 
 
-def write_shard(storage: Storage, name: str, table: pa.Table) -> None:
-    """Write one Parquet shard as a single object (never visible half-written)."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes(name, sink.getvalue())
-
-
 def write_manifest(storage: Storage, manifest: DatasetManifest) -> None:
     """Write the manifest: call this last, after every shard is in place."""
     storage.write_json(MANIFEST_NAME, manifest.to_json())
@@ -125,17 +122,11 @@ def write_manifest(storage: Storage, manifest: DatasetManifest) -> None:
 
 def read_manifest(storage: Storage) -> DatasetManifest:
     """The manifest of a complete dataset, or :class:`DatasetError` saying what is wrong."""
-    try:
-        present = storage.exists(MANIFEST_NAME)
-    except StorageError as err:
-        raise DatasetError(str(err)) from err
-    if not present:
+    name = existing_name(storage, MANIFEST_NAME)
+    if name is None:
         hint = "it holds shards but no manifest: it is incomplete" if storage.exists() else "it does not exist"
-        raise DatasetError(
-            f"{storage.uri}: not a prepared dataset ({hint}); run "
-            f"`python jobs/prepare_data.py --dataset NAME --out {storage.uri}` first"
-        )
-    return DatasetManifest.from_json(storage.read_json(MANIFEST_NAME), storage.uri)
+        raise DatasetError(f"{storage.uri}: not a prepared dataset ({hint}); prepare it first")
+    return DatasetManifest.from_json(storage.read_json(name), storage.uri)
 
 
 def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:
@@ -146,4 +137,4 @@ def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:
 def iter_tables(storage: Storage, manifest: DatasetManifest) -> Iterator[pa.Table]:
     """Read the shards one by one in order (single process; Ray Data is used for training)."""
     for shard in manifest.shards:
-        yield pq.read_table(io.BytesIO(storage.read_bytes(shard.path)), schema=SCHEMA)
+        yield storage.read_table(shard.path, schema=SCHEMA)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "scatter_panel", "field_panel", "hstack_panels"]
+__all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "scatter_panel", "field_panel", "hstack_panels",
+           "loss_plot"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -122,3 +123,58 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def _level_colour(i: int, n: int) -> tuple[int, int, int]:
+    """From dark red (largest sigma, i = 0) to blue (smallest sigma)."""
+    t = i / max(1, n - 1)
+    return int(200 * (1 - t) + 20 * t), int(40 + 80 * t), int(40 * (1 - t) + 220 * t)
+
+
+def loss_plot(steps: Sequence[int], per_level: Sequence[Sequence[float | None]], sigmas: Sequence[float], *,
+              width: int = 640, height: int = 400, title: str = "loss per noise level") -> Image.Image:
+    """Loss per noise level over training steps, log scale: one line per level.
+
+    ``per_level[k][i]`` is the mean weighted loss of level ``i`` in the window ending at
+    ``steps[k]`` (None where no example drew that level). Colours go from dark red (sigma_1)
+    to blue (sigma_L); the legend names the first and last sigma.
+    """
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 56, width - 12, 24, height - 28
+    values = [v for row in per_level for v in row if v is not None and v > 0 and math.isfinite(v)]
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text((left, 6), title, fill="black")
+    if not values or len(steps) < 1:
+        draw.text((left + 8, top + 8), "no data yet", fill="black")
+        return img
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    x0, x1 = min(steps), max(steps)
+    span = max(x1 - x0, 1)
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        x = left + (step - x0) / span * (right - left)
+        y = bottom - (math.log10(value) - lo) / (hi - lo) * (bottom - top)
+        return x, y
+
+    for decade in range(math.floor(lo), math.ceil(hi) + 1):
+        if lo <= decade <= hi:
+            _, y = xy(x0, 10.0**decade)
+            draw.line([(left, y), (right, y)], fill=(230, 230, 230))
+            draw.text((4, y - 6), f"1e{decade}", fill="black")
+    draw.text((left, bottom + 6), f"step {x0}", fill="black")
+    draw.text((right - 80, bottom + 6), f"step {x1}", fill="black")
+    levels = len(sigmas)
+    for i in range(levels):
+        points = [xy(step, row[i]) for step, row in zip(steps, per_level)
+                  if i < len(row) and row[i] is not None and row[i] > 0 and math.isfinite(row[i])]
+        colour = _level_colour(i, levels)
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points[-1:]:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    draw.text((right - 230, top + 4), f"sigma_1={sigmas[0]:.3g}", fill=_level_colour(0, levels))
+    draw.text((right - 110, top + 4), f"sigma_L={sigmas[-1]:.3g}", fill=_level_colour(levels - 1, levels))
+    return img

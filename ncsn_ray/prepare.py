@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlparse
 
@@ -46,8 +47,8 @@ from .datasets import (
     read_manifest,
     shard_name,
     write_manifest,
-    write_shard,
 )
+from .layout import PREPARE_RECORD, existing_name
 from .sources import SourceSpec, SourceUsageError, describe, open_source, static_spec
 from .storage import Storage, StorageError
 
@@ -55,12 +56,14 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "RECORD_NAME",
     "PrepareError",
+    "PrepareOptions",
+    "run",
     "prepare_dataset",
     "ensure_prepared",
 ]
 
 DEFAULT_SHARD_SIZE = 10_000
-RECORD_NAME = "_prepare.json"
+RECORD_NAME = PREPARE_RECORD
 RECORD_FORMAT = "ncsn-dataset-prepare"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.parquet$")
 
@@ -68,8 +71,39 @@ Log = Callable[[str], None]
 ShardHook = Callable[[int, ShardInfo, bool], None]
 
 
-class PrepareError(RuntimeError):
+class PrepareError(DatasetError):
     """The output cannot take this dataset (holds another one, foreign files, damaged)."""
+
+
+@dataclass
+class PrepareOptions:
+    """What ``jobs/prepare_data.py`` asks for (see :func:`prepare_dataset` for each field)."""
+
+    dataset: str
+    out: str
+    shard_size: int | None = None
+    root: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    endpoint_url: str | None = None
+    download: bool = True
+
+
+def run(options: PrepareOptions, *, log: Log = print) -> dict[str, Any]:
+    """Prepare ``options.dataset`` into ``options.out``; a summary of the manifest."""
+    manifest = prepare_dataset(
+        options.dataset,
+        options.out,
+        shard_size=options.shard_size,
+        root=options.root,
+        image_size=options.image_size,
+        channels=options.channels,
+        endpoint_url=options.endpoint_url,
+        download=options.download,
+        log=log,
+    )
+    return {"out": options.out, "name": manifest.name, "num_rows": manifest.num_rows, "shards": len(manifest.shards),
+            "shape": [manifest.height, manifest.width, manifest.channels]}
 
 
 def prepare_dataset(
@@ -105,7 +139,7 @@ def prepare_dataset(
     (output unreachable or unwritable).
     """
     if shard_size is not None and int(shard_size) < 1:
-        raise SourceUsageError(f"--shard-size must be at least 1, got {shard_size}")
+        raise SourceUsageError(f"shard size must be at least 1, got {shard_size}")
     spec = describe(dataset, root=root, image_size=image_size, channels=channels)
     storage = Storage.from_uri(out_uri, endpoint_url=endpoint_url)
     shown = _display(storage.uri)
@@ -178,7 +212,7 @@ def prepare_dataset(
             written = False
         else:
             images, labels = source.read(first, stop)
-            write_shard(storage, info.path, encode_rows(images, range(first, stop), labels))
+            storage.write_table(info.path, encode_rows(images, range(first, stop), labels))
             written_rows += info.num_rows
             rate = written_rows / max(time.perf_counter() - t0, 1e-9)
             log(f"shard {k + 1}/{num_shards} written: {info.num_rows} rows ({rate:,.0f} rows/s)")
@@ -229,7 +263,7 @@ def ensure_prepared(
     files once the data is prepared); otherwise :func:`prepare_dataset` with the same arguments."""
     expected = static_spec(dataset, image_size=image_size, channels=channels)
     storage = Storage.from_uri(out_uri, endpoint_url=endpoint_url)
-    if storage.exists(MANIFEST_NAME):
+    if existing_name(storage, MANIFEST_NAME) is not None:
         manifest = _load_manifest(storage, _display(storage.uri))
         if (manifest.name, manifest.height, manifest.width, manifest.channels) == (expected.name, *expected.shape):
             log(f"{_display(storage.uri)}: prepared {manifest.name} dataset found ({_summary(manifest)})")
@@ -279,7 +313,7 @@ def _load_manifest(storage: Storage, shown: str) -> DatasetManifest:
 def _complete_manifest(storage: Storage, spec: SourceSpec, shown: str) -> DatasetManifest | None:
     """The manifest if the output already holds this dataset complete; None if no manifest;
     :class:`PrepareError` if it holds another dataset or its shards are gone."""
-    if not storage.exists(MANIFEST_NAME):
+    if existing_name(storage, MANIFEST_NAME) is None:
         return None
     manifest = _load_manifest(storage, shown)
     have = (manifest.name, manifest.height, manifest.width, manifest.channels)

@@ -1,18 +1,24 @@
 """Sample sets: Parquet shards named by seed range, a job spec written first, a manifest last.
 
-Layout under a sample-set URI (``kind`` ``"generate"``)::
+Layout under a sample-set URI (``kind`` ``"generate"``; names from :mod:`ncsn_ray.layout`)::
 
-    job.json                                 written first: what the job computes
+    _job.json                                written first: what the job computes
     samples-000000-000999.parquet, ...       one row per seed: seed int64, image binary (PNG)
-    grid.png                                 the first samples as one picture
-    manifest.json                            written last; its presence = complete
+    _grid.png                                the first samples as one picture
+    _annealing.png                           optional: samples forming across the noise levels
+    _manifest.json                           written last; its presence = complete
+    _scores.json                             written by jobs/evaluate.py
 
 and for inpainting (``kind`` ``"inpaint"``)::
 
-    job.json
+    _job.json
     inpaint-000000-000099.parquet, ...       rows [first, last] (positions in the source dataset)
-    figure.png                               paper Fig. 6 layout: occluded | K inpaintings | original
-    manifest.json
+    _figure.png                              paper Fig. 6 layout: occluded | K inpaintings | original
+    _manifest.json
+
+Everything but the shards starts with ``_``, so the folder reads as one table with
+``pyarrow.dataset``, ``pandas.read_parquet`` or ``ray.data.read_parquet``. Sets written by
+earlier versions (``job.json``, ``manifest.json``) are still read and resumed.
 
 A shard is written as one object, so a shard that exists is complete. The job spec holds an
 ``identity`` (everything that decides the pixels and the shard layout: checkpoint digest,
@@ -26,18 +32,17 @@ Image convention: PNG, uint8, ``(H, W, C)`` with C = 1 (grey) or 3 (RGB); pixel 
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from .errors import UserError
 from .figures import decode_png
-from .storage import Storage, StorageError
+from .layout import JOB_SPEC, MANIFEST, existing_name
+from .storage import Storage, StorageError, utc_timestamp
 
 __all__ = [
     "SampleSetError",
@@ -50,17 +55,16 @@ __all__ = [
     "make_job_spec",
     "open_sample_set",
     "finished_units",
-    "write_table",
-    "shard_num_rows",
     "write_manifest",
     "read_sample_manifest",
     "iter_sample_images",
+    "first_rows",
 ]
 
 FORMAT = "ncsn-samples"
 VERSION = 1
-JOB_SPEC_NAME = "job.json"
-MANIFEST_NAME = "manifest.json"
+JOB_SPEC_NAME = JOB_SPEC
+MANIFEST_NAME = MANIFEST
 KINDS = {"generate": "samples", "inpaint": "inpaint"}  # kind -> shard name prefix
 
 GENERATE_SCHEMA = pa.schema([("seed", pa.int64()), ("image", pa.binary())])
@@ -76,7 +80,7 @@ INPAINT_SCHEMA = pa.schema(
 )
 
 
-class SampleSetError(RuntimeError):
+class SampleSetError(UserError):
     """A sample set that cannot be written or read as asked; the message names the URI."""
 
 
@@ -147,7 +151,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 def _check_same_job(storage: Storage, stored: Any, spec: dict[str, Any], what: str) -> None:
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise SampleSetError(f"{storage.uri}: {what} is not an ncsn sample-set file; choose another --out")
+        raise SampleSetError(f"{storage.uri}: {what} is not an ncsn sample-set file; choose another output folder")
     old = {"kind": stored.get("kind"), **(stored.get("identity") or {})}
     new = {"kind": spec["kind"], **spec["identity"]}
     diffs = _differences(old, new)
@@ -155,7 +159,7 @@ def _check_same_job(storage: Storage, stored: Any, spec: dict[str, Any], what: s
         listing = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
         raise SampleSetError(
             f"{storage.uri} holds a different job ({what} differs: {listing}). "
-            "Use another --out, or repeat the original command (same checkpoint file and settings) to finish it."
+            "Use another output folder, or repeat the original command (same checkpoint file and settings) to finish it."
         )
 
 
@@ -170,45 +174,28 @@ def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
 
     Raises :class:`SampleSetError` for every refusal; nothing is written then.
     """
-    try:
-        if storage.exists(MANIFEST_NAME):
-            _check_same_job(storage, storage.read_json(MANIFEST_NAME).get("job"), spec, MANIFEST_NAME)
-            return "complete"
-        if storage.exists(JOB_SPEC_NAME):
-            _check_same_job(storage, storage.read_json(JOB_SPEC_NAME), spec, JOB_SPEC_NAME)
-            return "resume"
-        others = [n for n in storage.list() if not n.startswith(".")]
-        if others:
-            raise SampleSetError(
-                f"{storage.uri} is not empty and holds no {JOB_SPEC_NAME} (found {', '.join(others[:5])}); "
-                "it is not a sample set: choose another --out"
-            )
-        storage.write_json(JOB_SPEC_NAME, spec)
-        return "new"
-    except StorageError as err:
-        raise SampleSetError(str(err)) from err
+    manifest = existing_name(storage, MANIFEST_NAME)
+    if manifest is not None:
+        _check_same_job(storage, storage.read_json(manifest).get("job"), spec, manifest)
+        return "complete"
+    job = existing_name(storage, JOB_SPEC_NAME)
+    if job is not None:
+        _check_same_job(storage, storage.read_json(job), spec, job)
+        return "resume"
+    others = [n for n in storage.list() if not n.startswith(".")]
+    if others:
+        raise SampleSetError(
+            f"{storage.uri} is not empty and holds no {JOB_SPEC_NAME} (found {', '.join(others[:5])}); "
+            "it is not a sample set: choose another output folder"
+        )
+    storage.write_json(JOB_SPEC_NAME, spec)
+    return "new"
 
 
 def finished_units(storage: Storage, units: list[WorkUnit]) -> set[str]:
     """Names of the planned shards already present (each was written as one object)."""
     present = set(storage.list())
     return {u.name for u in units if u.name in present}
-
-
-def write_table(storage: Storage, name: str, table: pa.Table) -> None:
-    """Write one Parquet shard as a single object (never visible half-written)."""
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes(name, sink.getvalue())
-
-
-def shard_num_rows(storage: Storage, name: str) -> int:
-    """Rows in a Parquet shard, from its footer (a ranged read on object storage)."""
-    try:
-        with storage.fs.open_input_file(storage.full(name)) as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    except (OSError, pa.ArrowInvalid) as err:
-        raise SampleSetError(f"{storage.uri_of(name)}: unreadable shard ({err})") from err
 
 
 def write_manifest(
@@ -228,7 +215,7 @@ def write_manifest(
     for unit in units:
         if not storage.exists(unit.name):
             raise SampleSetError(f"{storage.uri_of(unit.name)}: shard missing; not writing the manifest")
-        rows = shard_num_rows(storage, unit.name)
+        rows = storage.parquet_num_rows(unit.name)
         if rows != unit.count:
             raise SampleSetError(
                 f"{storage.uri_of(unit.name)}: {rows} rows, expected {unit.count}; not writing the manifest"
@@ -246,7 +233,7 @@ def write_manifest(
             "width": w,
             "shards": shards,
             "job": spec,
-            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "completed_at": utc_timestamp(),
             **(extra or {}),
         }
     )
@@ -256,18 +243,16 @@ def write_manifest(
 
 def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> dict[str, Any]:
     """The manifest of a complete sample set, or :class:`SampleSetError` saying what is wrong."""
-    try:
-        if not storage.exists(MANIFEST_NAME):
-            if storage.exists(JOB_SPEC_NAME):
-                hint = f"it has a {JOB_SPEC_NAME} but no {MANIFEST_NAME}: the generation job did not finish; re-run it"
-            elif storage.exists():
-                hint = f"no {MANIFEST_NAME} there"
-            else:
-                hint = "it does not exist"
-            raise SampleSetError(f"{storage.uri}: not a complete sample set ({hint})")
-        manifest = storage.read_json(MANIFEST_NAME)
-    except StorageError as err:
-        raise SampleSetError(str(err)) from err
+    name = existing_name(storage, MANIFEST_NAME)
+    if name is None:
+        if existing_name(storage, JOB_SPEC_NAME) is not None:
+            hint = f"it has a {JOB_SPEC_NAME} but no {MANIFEST_NAME}: the generation job did not finish; re-run it"
+        elif storage.exists():
+            hint = f"no {MANIFEST_NAME} there"
+        else:
+            hint = "it does not exist"
+        raise SampleSetError(f"{storage.uri}: not a complete sample set ({hint})")
+    manifest = storage.read_json(name)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SampleSetError(f"{storage.uri}: {MANIFEST_NAME} is not an ncsn sample-set manifest")
     if kind is not None and manifest.get("kind") != kind:
@@ -280,9 +265,19 @@ def iter_sample_images(storage: Storage, manifest: dict[str, Any]) -> Iterator[t
     channels = int(manifest["channels"])
     for shard in manifest["shards"]:
         try:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(shard["path"])), schema=GENERATE_SCHEMA)
-        except (StorageError, pa.ArrowInvalid) as err:
+            table = storage.read_table(shard["path"], schema=GENERATE_SCHEMA)
+        except StorageError as err:
             raise SampleSetError(f"{storage.uri_of(shard['path'])}: unreadable shard ({err})") from err
         seeds = table.column("seed").to_numpy()
         images = np.stack([decode_png(b, channels) for b in table.column("image").to_pylist()])
         yield seeds, images
+
+
+def first_rows(storage: Storage, units: list[WorkUnit], schema: pa.Schema, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` rows of a sample set in shard order, reading as few shards as needed."""
+    rows: list[dict[str, Any]] = []
+    for unit in units:
+        if len(rows) >= count:
+            break
+        rows += storage.read_table(unit.name, schema=schema).slice(0, count - len(rows)).to_pylist()
+    return rows

@@ -38,6 +38,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
 __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
@@ -80,11 +82,11 @@ _LAYOUT_HINTS = {
 }
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError):
     """A source that cannot be read: missing files, an unreadable image (named), bad contents."""
 
 
-class SourceUsageError(SourceError, ValueError):
+class SourceUsageError(SourceError):
     """Options that do not fit the dataset (unknown name, a missing ``--image-size``, ...)."""
 
 

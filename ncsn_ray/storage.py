@@ -11,22 +11,35 @@ when it is pickled to a Ray worker (it re-resolves the chain there).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-__all__ = ["Storage", "StorageError", "resolve_filesystem", "endpoint_from_env"]
+from .errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+__all__ = ["Storage", "StorageError", "resolve_filesystem", "endpoint_from_env", "utc_timestamp"]
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError):
     """A storage location that cannot be used; the message names the URI."""
+
+
+def utc_timestamp() -> str:
+    """The current time as an ISO 8601 UTC string, ``2026-11-23T06:52:36Z`` (manifests, records)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def endpoint_from_env() -> str | None:
@@ -148,10 +161,18 @@ class Storage:
             if self.is_local:
                 parent = posixpath.dirname(target)
                 self.fs.create_dir(parent, recursive=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-                with self.fs.open_output_stream(tmp) as f:
-                    f.write(data)
-                self.fs.move(tmp, target)
+                # A hidden name (".name.tmp-...") that readers of the folder skip.
+                tmp = posixpath.join(parent, f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+                try:
+                    with self.fs.open_output_stream(tmp) as f:
+                        f.write(data)
+                    self.fs.move(tmp, target)
+                except BaseException:
+                    try:
+                        self.fs.delete_file(tmp)
+                    except OSError:
+                        pass
+                    raise
             else:
                 with self.fs.open_output_stream(target) as f:
                     f.write(data)
@@ -167,6 +188,40 @@ class Storage:
 
     def write_json(self, rel: str, value: Any) -> None:
         self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def read_table(self, rel: str, *, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+        """A whole Parquet file as a table; :class:`StorageError` naming the file if unreadable."""
+        import pyarrow.parquet as pq
+
+        data = self.read_bytes(rel)
+        try:
+            return pq.read_table(io.BytesIO(data), schema=schema, columns=columns)
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise StorageError(f"{self.uri_of(rel)}: not a readable Parquet file ({err})") from err
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a table as one Parquet object (zstd); never visible half-written."""
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(rel, sink.getvalue())
+
+    def parquet_num_rows(self, rel: str) -> int:
+        """Rows in a Parquet file, from its footer (a ranged read on object storage)."""
+        import pyarrow.parquet as pq
+
+        try:
+            with self.fs.open_input_file(self.full(rel)) as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        except (OSError, pa.ArrowException) as err:
+            raise StorageError(f"{self.uri_of(rel)}: not a readable Parquet file ({err})") from err
+
+    def write_png(self, rel: str, image: "Image.Image") -> None:
+        """Write a Pillow image as a PNG object."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self.write_bytes(rel, buffer.getvalue())
 
     def list(self, rel: str = "", *, recursive: bool = False) -> list[str]:
         """Names (relative to ``rel``) of the entries below it; [] if it does not exist."""

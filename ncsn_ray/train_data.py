@@ -16,7 +16,7 @@ import torch
 from .datasets import DatasetManifest, decode_images
 from .storage import Storage
 
-__all__ = ["build_train_dataset", "decode_batch", "augment"]
+__all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches"]
 
 
 def decode_batch(batch: dict[str, Any], channels: int) -> dict[str, np.ndarray]:
@@ -53,3 +53,43 @@ def augment(
         flip = torch.rand((x.shape[0], 1, 1, 1), generator=generator, device=x.device) < 0.5
         x = torch.where(flip, x.flip(-1), x)
     return x
+
+
+class WorkerBatches:
+    """Endless iterator of ``(B, C, H, W)`` uint8 batches from one worker's dataset shard.
+
+    Streams ``iter_torch_batches`` every epoch, or (``cache``: ``"on"``, or ``"auto"`` when the
+    shard is under ``cache_limit`` bytes) streams the shard once, keeps it on the device and
+    draws a fresh permutation per epoch, so small data sets (digits, CIFAR-10) cost no
+    per-epoch pipeline start-up.
+    """
+
+    def __init__(self, shard, batch_size: int, device: torch.device, *, cache: str, cache_limit: int,
+                 item_bytes: int, approx_rows: int, seed: int):
+        self.shard, self.batch_size, self.device = shard, batch_size, device
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.cached: torch.Tensor | None = None
+        if cache == "on" or (cache == "auto" and approx_rows * item_bytes <= cache_limit):
+            parts = [b["image"] for b in shard.iter_torch_batches(batch_size=4096, dtypes={"image": torch.uint8})]
+            self.cached = torch.cat(parts).to(device)
+            if len(self.cached) < batch_size:
+                raise ValueError(
+                    f"this worker's share of the data set has {len(self.cached)} images, fewer than its batch "
+                    f"size {batch_size}: lower training.batch_size or the number of workers"
+                )
+
+    def __iter__(self):
+        while True:
+            if self.cached is not None:
+                order = torch.randperm(len(self.cached), generator=self.generator).to(self.device)
+                for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                    yield self.cached[order[start : start + self.batch_size]]
+            else:
+                for batch in self.shard.iter_torch_batches(
+                    batch_size=self.batch_size,
+                    dtypes={"image": torch.uint8},
+                    device=self.device,
+                    drop_last=True,
+                    local_shuffle_buffer_size=max(4 * self.batch_size, 1024),
+                ):
+                    yield batch["image"]

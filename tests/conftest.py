@@ -1,8 +1,10 @@
-"""Shared fixtures: a real S3 API on loopback (moto's ThreadedMotoServer).
+"""Shared fixtures: a real S3 API on loopback (moto's ThreadedMotoServer), an embedded Ray
+instance per test module, a prepared digits dataset, Inception weights made in the test.
 
-The server listens on 127.0.0.1 with an OS-chosen port. Tests get fake credentials through
-the standard AWS environment variables only (the way users' credentials arrive), and the
-endpoint through ``AWS_ENDPOINT_URL`` for subprocesses or ``endpoint_url=`` in-process.
+The S3 server listens on 127.0.0.1 with an OS-chosen port. Tests get fake credentials
+through the standard AWS environment variables only (the way users' credentials arrive),
+and the endpoint through ``AWS_ENDPOINT_URL`` for subprocesses or ``endpoint_url=``
+in-process. Helpers that are not fixtures live in the ``support`` package beside this file.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
     return name, s3_server["endpoint"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray instance for a test module: 2 CPUs, a small object store, the
+    dashboard on (as the jobs start it). Ray waits a fixed 30 s for its raylet to register;
+    on a heavily loaded machine that can run out, so start-up is tried a second time."""
+    import ray
+
+    from ncsn_ray.raycluster import init_ray
+
+    try:
+        started = init_ray(num_cpus=2, object_store_memory=150_000_000, log=lambda *a: None)
+    except Exception as err:  # "The current node timed out during startup ..."
+        if "timed out during startup" not in str(err):
+            raise
+        ray.shutdown()
+        started = init_ray(num_cpus=2, object_store_memory=150_000_000, log=lambda *a: None)
+    yield
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -296,8 +296,7 @@ def test_readme_documents_the_cluster_commands():
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_runtime_env_yaml_runs_a_job_from_the_repository(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ray_head import job_output, job_succeeded, local_ray_head, submit_job
+    from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
 
     probe = (
         "import os, ncsn_core, ncsn_ray; "

@@ -1,4 +1,4 @@
-"""FID / IS / KID evaluation (ncsn_ray.evaluation, jobs/evaluate.py) with torch-fidelity.
+"""FID / IS / KID evaluation (ncsn_ray.evaluate, jobs/evaluate.py) with torch-fidelity.
 
 The real InceptionV3 weights cannot be downloaded here, so the full path runs with a weights
 file made in the test (``inception_weights_file`` in conftest.py): torch-fidelity's own
@@ -22,23 +22,12 @@ import numpy as np
 import pytest
 import torch
 
+from ncsn_ray.evaluate import CACHE_DIR, EvaluationError, UInt8ImageDataset, evaluate, evaluate_on_ray
+from ncsn_ray.samples import SampleSetError
+from ncsn_ray.storage import Storage, StorageError
+from support.data import digits_uint8, write_dataset, write_sample_set
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ncsn_ray.datasets import DatasetManifest, ShardInfo, encode_rows, write_manifest, write_shard  # noqa: E402
-from ncsn_ray.evaluation import CACHE_DIR, EvaluationError, UInt8ImageDataset, evaluate, evaluate_on_ray  # noqa: E402
-from ncsn_ray.figures import png_bytes  # noqa: E402
-from ncsn_ray.samples import (  # noqa: E402
-    GENERATE_SCHEMA,
-    SampleSetError,
-    make_job_spec,
-    open_sample_set,
-    plan_units,
-    write_table,
-)
-from ncsn_ray.samples import write_manifest as write_sample_manifest  # noqa: E402
-from ncsn_ray.storage import Storage, StorageError  # noqa: E402
-
 SCRIPT = REPO / "jobs" / "evaluate.py"
 # A proxy on a closed loopback port: every download attempt fails at once, internet or not.
 DEAD_PROXY = {"HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1", "http_proxy": "http://127.0.0.1:1",
@@ -47,45 +36,6 @@ DEAD_PROXY = {"HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0
 
 def quiet(_msg: str) -> None:
     pass
-
-
-def digits_uint8(n: int) -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    return np.floor(load_digits().images[:n] * 255 / 16 + 0.5).astype(np.uint8)[..., None]
-
-
-def write_dataset(storage: Storage, images: np.ndarray, shard_size: int = 8) -> None:
-    shards = []
-    for index, start in enumerate(range(0, len(images), shard_size)):
-        chunk = images[start : start + shard_size]
-        name = f"shard-{index:05d}.parquet"
-        write_shard(storage, name, encode_rows(chunk, range(start, start + len(chunk)), [None] * len(chunk)))
-        shards.append(ShardInfo(name, len(chunk), start, start + len(chunk) - 1))
-    h, w, c = images.shape[1:]
-    write_manifest(storage, DatasetManifest("digits", h, w, c, len(images), shards))
-
-
-def write_sample_set(storage: Storage, images: np.ndarray, *, shard_size: int = 8, complete: bool = True) -> None:
-    """A sample set in the generation job's format (seeds 0..n-1), built with ncsn_ray.samples."""
-    c = images.shape[-1]
-    identity = {"n": len(images), "seed": 0, "shard_size": shard_size, "image_shape": [c, *images.shape[1:3]]}
-    spec = make_job_spec("generate", identity, {"made_by": "test"})
-    assert open_sample_set(storage, spec) == "new"
-    units = plan_units("generate", len(images), shard_size)
-    for unit in units:
-        import pyarrow as pa
-
-        table = pa.table(
-            {
-                "seed": pa.array(range(unit.first, unit.last + 1), pa.int64()),
-                "image": pa.array([png_bytes(img) for img in images[unit.start : unit.stop]], pa.binary()),
-            },
-            schema=GENERATE_SCHEMA,
-        )
-        write_table(storage, unit.name, table)
-    if complete:
-        write_sample_manifest(storage, spec, units, image_shape=(c, *images.shape[1:3]))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,7 +100,7 @@ def test_scores_from_s3_and_reference_features_cached_beside_the_reference(incep
     cache = Storage.from_uri(reference_uri, endpoint_url=endpoint).child(CACHE_DIR)
     cached = cache.list()
     assert cached and all(n.startswith("ref-") and n.endswith(".pt") for n in cached)
-    written = json.loads(Storage.from_uri(same_uri, endpoint_url=endpoint).read_bytes("scores.json"))
+    written = json.loads(Storage.from_uri(same_uri, endpoint_url=endpoint).read_bytes("_scores.json"))
     assert written["metrics"] == metrics
 
     other = evaluate(noise_uri, reference_uri, inception_weights=str(inception_weights), endpoint_url=endpoint,
@@ -182,9 +132,9 @@ def test_incomplete_sample_sets_and_mismatched_references_are_refused(inception_
     write_sample_set(Storage.from_uri(str(big)), np.zeros((4, 16, 16, 1), dtype=np.uint8))
     with pytest.raises(EvaluationError, match="1x16x16"):
         evaluate(str(big), str(reference), inception_weights=str(inception_weights), log=quiet)
-    with pytest.raises(EvaluationError, match="--metrics"):
+    with pytest.raises(EvaluationError, match="metrics: expected"):
         evaluate(str(big), str(reference), metrics="fid,precision", log=quiet)
-    assert not (rgb / "scores.json").exists() and not (big / "scores.json").exists()
+    assert not (rgb / "_scores.json").exists() and not (big / "_scores.json").exists()
 
 
 @pytest.mark.timeout(300)
@@ -202,14 +152,14 @@ def test_cli_offline_without_weights_says_how_to_provide_them_then_runs_with_the
     assert "cannot download the InceptionV3 weights" in offline.stderr
     assert "--inception-weights PATH" in offline.stderr and "weights-inception-2015-12-05-6726825d.pth" in offline.stderr
     assert "Traceback" not in offline.stderr
-    assert not (samples / "scores.json").exists()
+    assert not (samples / "_scores.json").exists()
 
     done = subprocess.run([*args, "--inception-weights", str(inception_weights), "--metrics", "fid", "--no-ray", "--json"],
                           capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result["metrics"]) == {"frechet_inception_distance"} and result["metrics"]["frechet_inception_distance"] > 0
-    assert json.loads((samples / "scores.json").read_text())["metrics"] == result["metrics"]
+    assert json.loads((samples / "_scores.json").read_text())["metrics"] == result["metrics"]
     assert (reference / CACHE_DIR).is_dir()
 
 
@@ -219,25 +169,25 @@ def test_evaluation_as_a_ray_task(inception_weights, tmp_path, monkeypatch):
     """The default CLI path: one Ray task; bad input found inside the task keeps its type."""
     import ray
 
-    from ncsn_ray.generation import ensure_ray
+    from ncsn_ray.raycluster import init_ray
 
     reference, samples = tmp_path / "reference", tmp_path / "samples"
     write_dataset(Storage.from_uri(str(reference)), digits_uint8(8), shard_size=4)
     write_sample_set(Storage.from_uri(str(samples)), digits_uint8(16)[8:])
     monkeypatch.chdir(tmp_path)  # relative paths work: made absolute before they reach the task
-    ensure_ray(num_cpus=2, object_store_memory=150_000_000)
+    init_ray(num_cpus=2, object_store_memory=150_000_000, log=quiet)
     try:
         result = evaluate_on_ray("samples", "reference", inception_weights=str(inception_weights),
                                  metrics="fid,kid", log=quiet)
         assert set(result["metrics"]) == {"frechet_inception_distance", "kernel_inception_distance_mean",
                                           "kernel_inception_distance_std"}
-        assert json.loads((samples / "scores.json").read_text())["metrics"] == result["metrics"]
+        assert json.loads((samples / "_scores.json").read_text())["metrics"] == result["metrics"]
 
         (reference / "shard-00001.parquet").unlink()  # the manifest now promises a shard that is gone
-        (samples / "scores.json").unlink()
+        (samples / "_scores.json").unlink()
         with pytest.raises(StorageError, match="shard-00001.parquet: not found"):
             evaluate_on_ray("samples", "reference", inception_weights=str(inception_weights),
                             metrics="isc,fid", log=quiet)
-        assert not (samples / "scores.json").exists()
+        assert not (samples / "_scores.json").exists()
     finally:
         ray.shutdown()

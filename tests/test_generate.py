@@ -1,4 +1,4 @@
-"""Batch generation and inpainting with Ray Data (ncsn_ray.generation, ncsn_ray.samples,
+"""Batch generation and inpainting with Ray Data (ncsn_ray.generate, ncsn_ray.inpaint, ncsn_ray.samples,
 jobs/generate.py) against real components: a tiny checkpoint trained here with
 ``ncsn_core.dsm_loss``, a real local Ray instance shared by the module, a real S3 API on
 loopback (moto), prepared datasets written with ``ncsn_ray.datasets``, the CLI in
@@ -7,7 +7,6 @@ subprocesses, and ``ray job submit`` to a token-authenticated ``ray start --head
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import subprocess
@@ -16,90 +15,24 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
+from ncsn_ray import generate, inpaint
+from ncsn_ray.errors import UserError
+from ncsn_ray.figures import decode_png
+from ncsn_ray.generate import GenerateOptions, default_shard_size
+from ncsn_ray.inpaint import InpaintOptions
+from ncsn_ray.sample_pipeline import ActorPlan
+from ncsn_ray.sampler import image_mask
+from ncsn_ray.samples import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
+from ncsn_ray.storage import Storage
+from support.data import digits_uint8, make_tiny_run, write_dataset
+from support.jobs import load_job
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ncsn_core import build_model, config_from_dict, dsm_loss, geometric_sigmas, save_checkpoint  # noqa: E402
-from ncsn_ray.datasets import DatasetManifest, ShardInfo, encode_rows, write_manifest, write_shard  # noqa: E402
-from ncsn_ray.figures import decode_png  # noqa: E402
-from ncsn_ray.generation import (  # noqa: E402
-    ActorPlan,
-    GenerateOptions,
-    GenerationError,
-    InpaintOptions,
-    ensure_ray,
-    generate_samples,
-    image_mask,
-    inpaint_images,
-)
-from ncsn_ray.samples import (  # noqa: E402
-    INPAINT_SCHEMA,
-    SampleSetError,
-    iter_sample_images,
-    plan_units,
-    read_sample_manifest,
-)
-from ncsn_ray.storage import Storage  # noqa: E402
-
 SCRIPT = REPO / "jobs" / "generate.py"
-TINY = {
-    "name": "tiny",
-    "data": {"dataset": "digits", "image_size": 8, "channels": 1},
-    "model": {"ngf": 4},
-    "noise": {"num_levels": 3},
-    "sampling": {"steps_per_level": 2, "batch_size": 4},
-}
-
-
-def digits_uint8(n: int) -> np.ndarray:
-    """The first ``n`` scikit-learn digits as ``(n, 8, 8, 1)`` uint8."""
-    from sklearn.datasets import load_digits
-
-    return np.floor(load_digits().images[:n] * 255 / 16 + 0.5).astype(np.uint8)[..., None]
-
-
-def make_tiny_run(run: Path) -> Path:
-    """Train the tiny config for a few DSM steps on digits; save ``run/checkpoint_000001``."""
-    config = config_from_dict(TINY)
-    torch.manual_seed(0)
-    model = build_model(config)
-    sigmas = geometric_sigmas(1.0, 0.01, 3)
-    x = torch.from_numpy(digits_uint8(64)).permute(0, 3, 1, 2).float() / 255
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny work: extra threads only spin on a busy machine
-    try:
-        for _ in range(3):
-            loss = dsm_loss(model, x, sigmas).loss
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
-    folder = run / "checkpoint_000001"
-    save_checkpoint(folder / "checkpoint.pt", model=model, config=config, sigmas=sigmas, step=3)
-    (folder / "step.txt").write_text("3")
-    return folder / "checkpoint.pt"
-
-
-def write_dataset(storage: Storage, images: np.ndarray, shard_size: int, *, manifest: bool = True) -> None:
-    """A prepared dataset (ids 100, 101, ...) written with ncsn_ray.datasets."""
-    shards = []
-    for index, start in enumerate(range(0, len(images), shard_size)):
-        chunk = images[start : start + shard_size]
-        ids = list(range(100 + start, 100 + start + len(chunk)))
-        name = f"shard-{index:05d}.parquet"
-        write_shard(storage, name, encode_rows(chunk, ids, [None] * len(chunk)))
-        shards.append(ShardInfo(name, len(chunk), ids[0], ids[-1]))
-    if manifest:
-        h, w, c = images.shape[1:]
-        write_manifest(storage, DatasetManifest("digits", h, w, c, len(images), shards))
 
 
 def quiet(_msg: str) -> None:
@@ -107,10 +40,7 @@ def quiet(_msg: str) -> None:
 
 
 def load_cli():
-    spec = importlib.util.spec_from_file_location("generate_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("generate")
 
 
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -125,7 +55,7 @@ def seeds_and_pngs(storage: Storage) -> dict[int, bytes]:
     manifest = read_sample_manifest(storage)
     out: dict[int, bytes] = {}
     for shard in manifest["shards"]:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(shard["path"])))
+        table = storage.read_table(shard["path"])
         for seed, png in zip(table.column("seed").to_pylist(), table.column("image").to_pylist()):
             assert seed not in out, f"duplicate seed {seed}"
             out[seed] = png
@@ -140,27 +70,6 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    """One embedded Ray instance for the module (2 CPUs, small object store).
-
-    Ray waits a fixed 30 s for its raylet to register; on a heavily loaded machine that can
-    run out, so start-up is tried a second time before giving up.
-    """
-    import ray
-
-    try:
-        started = ensure_ray(num_cpus=2, object_store_memory=150_000_000)
-    except Exception as err:  # "The current node timed out during startup ..."
-        if "timed out during startup" not in str(err):
-            raise
-        ray.shutdown()
-        started = ensure_ray(num_cpus=2, object_store_memory=150_000_000)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def bucket(s3_server):
     import boto3
 
@@ -170,12 +79,12 @@ def bucket(s3_server):
 
 
 @pytest.fixture(scope="module")
-def s3_samples(ray_instance, tiny_run, bucket):
+def s3_samples(ray_local, tiny_run, bucket):
     """24 samples (seeds 0..23) in shards of 10, batches of 4, one actor, written to S3."""
     name, endpoint = bucket
     uri = f"s3://{name}/samples/tiny"
     lines: list[str] = []
-    summary = generate_samples(
+    summary = generate.run(
         GenerateOptions(n=24, checkpoint=str(tiny_run), out=uri, shard_size=10, batch_size=4,
                         actors=ActorPlan(num_actors=1), endpoint_url=endpoint),
         log=lines.append,
@@ -206,9 +115,9 @@ def test_generate_to_s3_writes_exactly_n_seeds_and_manifest(s3_samples, tiny_run
     assert sorted(seeds.tolist()) == list(range(24))
     assert images.shape == (24, 8, 8, 1) and images.dtype == np.uint8
     assert len({img.tobytes() for img in images}) == 24, "every seed gives its own image"
-    with Image.open(io.BytesIO(storage.read_bytes("grid.png"))) as grid:
+    with Image.open(io.BytesIO(storage.read_bytes("_grid.png"))) as grid:
         assert grid.width > 8 and grid.height > 8
-    assert storage.exists("job.json")
+    assert storage.exists("_job.json")
     progress = [line for line in lines if "samples (" in line]
     assert progress and progress[-1].startswith("[generate] 24/24 samples (100.0%)")
     assert "samples/s" in progress[-1] and "left" in progress[-1]
@@ -229,7 +138,7 @@ def test_rerunning_a_finished_job_does_nothing(s3_samples, tiny_run):
 
     before = listing()
     lines: list[str] = []
-    summary = generate_samples(
+    summary = generate.run(
         GenerateOptions(n=24, checkpoint=str(tiny_run), out=uri, shard_size=10, batch_size=4, endpoint_url=endpoint),
         log=lines.append,
     )
@@ -243,7 +152,7 @@ def test_rerunning_a_finished_job_does_nothing(s3_samples, tiny_run):
 def test_same_seeds_on_two_actors_give_byte_identical_images(s3_samples, tiny_run, tmp_path):
     uri, endpoint, _, _ = s3_samples
     local = tmp_path / "two-actors"
-    generate_samples(
+    generate.run(
         GenerateOptions(n=24, checkpoint=str(tiny_run), out=str(local), shard_size=10, batch_size=4,
                         actors=ActorPlan(num_actors=2)),
         log=quiet,
@@ -256,7 +165,7 @@ def test_same_seeds_on_two_actors_give_byte_identical_images(s3_samples, tiny_ru
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_interrupted_job_resumes_without_touching_finished_shards(ray_instance, tiny_run, tmp_path, capsys):
+def test_interrupted_job_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path, capsys):
     out = tmp_path / "interrupted"
     options = dict(n=10, checkpoint=str(tiny_run), out=str(out), shard_size=3, batch_size=2, actors=ActorPlan(num_actors=1))
     # The CLI (in-process, on the module's Ray): an actor raises after its first shard.
@@ -265,7 +174,7 @@ def test_interrupted_job_resumes_without_touching_finished_shards(ray_instance, 
     assert load_cli().main([*args, "--fail-after-shards", "1"]) == 1
     err = capsys.readouterr().err
     assert "injected failure" in err and "re-run the same command to resume" in err
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     with pytest.raises(SampleSetError, match="did not finish"):
         read_sample_manifest(Storage.from_uri(str(out)))
     finished = sorted(p.name for p in out.glob("samples-*.parquet"))
@@ -273,7 +182,7 @@ def test_interrupted_job_resumes_without_touching_finished_shards(ray_instance, 
     stats = {name: (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) for name in finished}
 
     lines: list[str] = []
-    summary = generate_samples(GenerateOptions(**options), log=lines.append)
+    summary = generate.run(GenerateOptions(**options), log=lines.append)
     assert summary["status"] == "complete"
     assert summary["computed"] == 10 - sum(u.count for u in plan_units("generate", 10, 3) if u.name in finished)
     assert any("resuming" in line for line in lines)
@@ -284,18 +193,18 @@ def test_interrupted_job_resumes_without_touching_finished_shards(ray_instance, 
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_inpainting_keeps_known_pixels(ray_instance, tiny_run, bucket, tmp_path):
+def test_inpainting_keeps_known_pixels(ray_local, tiny_run, bucket, tmp_path):
     name, endpoint = bucket
     data_uri = f"s3://{name}/data/digits"
     originals = digits_uint8(7)
-    write_dataset(Storage.from_uri(data_uri, endpoint_url=endpoint), originals, shard_size=3)
+    write_dataset(Storage.from_uri(data_uri, endpoint_url=endpoint), originals, shard_size=3, first_id=100)
     mask = np.zeros((8, 8), dtype=np.uint8)
     mask[:, :3] = 255
     mask[0, :] = 255  # an arbitrary shape: left columns and the top row are known
     mask_path = tmp_path / "mask.png"
     Image.fromarray(mask).save(mask_path)
     out_uri = f"s3://{name}/inpaint/tiny"
-    summary = inpaint_images(
+    summary = inpaint.run(
         InpaintOptions(data=data_uri, checkpoint=str(tiny_run), out=out_uri, mask=str(mask_path), samples_per_image=2,
                        limit=5, shard_size=3, batch_size=4, actors=ActorPlan(num_actors=1), endpoint_url=endpoint),
         log=quiet,
@@ -309,7 +218,7 @@ def test_inpainting_keeps_known_pixels(ray_instance, tiny_run, bucket, tmp_path)
     known = mask.astype(bool)
     rows = []
     for shard in manifest["shards"]:
-        rows += pq.read_table(io.BytesIO(out.read_bytes(shard["path"])), schema=INPAINT_SCHEMA).to_pylist()
+        rows += out.read_table(shard["path"], schema=INPAINT_SCHEMA).to_pylist()
     assert [r["id"] for r in rows] == [100, 101, 102, 103, 104]
     all_seeds = [s for r in rows for s in r["seeds"]]
     assert len(all_seeds) == len(set(all_seeds)) == 10
@@ -325,7 +234,7 @@ def test_inpainting_keeps_known_pixels(ray_instance, tiny_run, bucket, tmp_path)
             filled = decode_png(png, 1)[..., 0]
             assert filled.shape == (8, 8)
             assert np.array_equal(filled[known], original[known])
-    with Image.open(io.BytesIO(out.read_bytes("figure.png"))) as figure:
+    with Image.open(io.BytesIO(out.read_bytes("_figure.png"))) as figure:
         # 4 columns (occluded | 2 inpaintings | original) x 5 rows of 8x8 tiles, 1 px gaps, scaled 6x
         assert figure.size == ((4 * 9 + 1) * 6, (5 * 9 + 1) * 6)
 
@@ -359,7 +268,7 @@ def test_cli_refuses_missing_and_corrupt_checkpoints(tmp_path):
 def test_cli_refuses_a_different_job_into_a_finished_sample_set(s3_samples, tiny_run, s3_server):
     uri, endpoint, _, _ = s3_samples
     storage = Storage.from_uri(uri, endpoint_url=endpoint)
-    manifest_before = storage.read_bytes("manifest.json")
+    manifest_before = storage.read_bytes("_manifest.json")
     result = run_cli(
         ["--checkpoint", str(tiny_run), "--n", "24", "--out", uri, "--shard-size", "10", "--batch-size", "4",
          "--steps-per-level", "3"],
@@ -367,7 +276,7 @@ def test_cli_refuses_a_different_job_into_a_finished_sample_set(s3_samples, tiny
     )
     assert result.returncode == 2, result.stderr
     assert "holds a different job" in result.stderr and "steps_per_level: was 2, now 3" in result.stderr
-    assert storage.read_bytes("manifest.json") == manifest_before
+    assert storage.read_bytes("_manifest.json") == manifest_before
 
 
 @pytest.mark.timeout(120)
@@ -375,8 +284,9 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny_run, tmp_path
     cli = load_cli()
     out = tmp_path / "out"
     for n in ("0", "-3"):
-        assert cli.main(["--checkpoint", str(tiny_run), "--n", n, "--out", str(out)]) == 2
-        assert "--n must be at least 1" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--checkpoint", str(tiny_run), "--n", n, "--out", str(out)])
+        assert exit_info.value.code == 2 and "--n must be at least 1" in capsys.readouterr().err
     assert cli.main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out), "--set", "model.ngf=8"]) == 2
     assert "only sampling.* settings" in capsys.readouterr().err
     assert cli.main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out), "--set", "sampling.init=sideways"]) == 2
@@ -418,8 +328,8 @@ def test_inpainting_refuses_incomplete_datasets_and_bad_masks(tiny_run, tmp_path
     assert cli.main([*args, "--data", str(rgb)]) == 2
     assert "images are 3x8x8 (CxHxW) but the checkpoint models 1x8x8" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(GenerationError, match="samples-per-image"):
-        inpaint_images(InpaintOptions(data=str(data), checkpoint=str(tiny_run), samples_per_image=0), log=quiet)
+    with pytest.raises(UserError, match="samples per image"):
+        inpaint.run(InpaintOptions(data=str(data), checkpoint=str(tiny_run), samples_per_image=0), log=quiet)
 
 
 # ----------------------------------------------------------------- ray job submit
@@ -434,7 +344,7 @@ def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path)
     The checkpoint is uploaded to S3 first: the job reads and writes only object storage.
     Credentials go to the node environment, the endpoint to the job's runtime_env.
     """
-    from ray_head import job_output, job_succeeded, local_ray_head, submit_job
+    from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
 
     name, endpoint = bucket
     run_uri = f"s3://{name}/runs/tiny"

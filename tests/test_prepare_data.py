@@ -428,7 +428,7 @@ def test_cli_success_and_failures(tmp_path, s3_server, s3_bucket):
     assert "usage:" in err and "--image-size" in err and "Traceback" not in err
 
     code, out, err = finish(missing)
-    assert code == 1
+    assert code == 2  # a missing source is bad input: nothing was published
     assert "cifar10: no usable dataset files under" in err and "downloading them failed" in err
     assert "cifar-10-batches-py" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists()

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ray_head import (  # noqa: E402
+from support.ray_head import (
     cluster_processes,
     http_status,
     job_output,

@@ -14,8 +14,9 @@ import json
 import pytest
 
 from ncsn_core import load_checkpoint
-from ray_head import job_output, job_succeeded, local_ray_head, submit_job
-from train_helpers import REPO, metrics, write_tiny_config
+from support.jobs import load_job
+from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
+from support.train_helpers import REPO, metrics, write_tiny_config
 
 pytestmark = [pytest.mark.ray]
 
@@ -27,7 +28,7 @@ def test_ddp_on_two_nodes_keeps_ranks_identical_and_lowers_the_loss(digits_local
     import ray
     from ray.cluster_utils import Cluster
 
-    from ncsn_ray.train_job import main as train_main
+    train_main = load_job("train").main
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100_000_000})
     try:

@@ -7,7 +7,7 @@ uint8 tensors; grey images are repeated to 3 channels. torch-fidelity resizes to
 inside its InceptionV3 (the TF-FID-compatible ``inception-v3-compat`` network).
 
 Reference features are cached beside the reference dataset, under
-``<reference>/fidelity-cache/``: torch-fidelity caches them in a local folder
+``<reference>/_fidelity-cache/``: torch-fidelity caches them in a local folder
 (``cache_root``, ``input2_cache_name``); this module fills that folder from storage before
 the run and uploads what it added afterwards. The cache name binds the reference dataset
 (its manifest) and the Inception weights (their SHA-256), so a changed dataset or other
@@ -19,7 +19,8 @@ else a download from torch-fidelity's release URL; when that fails (no internet)
 says how to provide the file. The file is a plain ``state_dict`` of torch-fidelity's
 ``FeatureExtractorInceptionV3``.
 
-Scores are written to ``<samples>/scores.json`` and returned.
+Scores are written to ``<samples>/_scores.json`` and returned. ``run(EvaluateOptions(...))``
+is what ``jobs/evaluate.py`` calls.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import DatasetError, DatasetManifest, decode_images, iter_tables, read_manifest
-from .samples import SampleSetError, iter_sample_images, read_sample_manifest
-from .storage import Storage, StorageError, endpoint_from_env
+from .datasets import DatasetManifest, decode_images, iter_tables, read_manifest
+from .errors import UserError, root_cause
+from .layout import FIDELITY_CACHE, SCORES
+from .samples import iter_sample_images, read_sample_manifest
+from .storage import Storage, StorageError, endpoint_from_env, utc_timestamp
 
 __all__ = [
     "EvaluationError",
+    "EvaluateOptions",
+    "run",
     "METRICS",
-    "USER_ERRORS",
     "UInt8ImageDataset",
     "resolve_inception_weights",
     "EvalInputs",
@@ -55,16 +59,13 @@ __all__ = [
 ]
 
 METRICS = ("fid", "isc", "kid")
-CACHE_DIR = "fidelity-cache"
-SCORES_NAME = "scores.json"
+CACHE_DIR = FIDELITY_CACHE
+SCORES_NAME = SCORES
 FEATURE_EXTRACTOR = "inception-v3-compat"
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError):
     """An evaluation that cannot run as asked; the message says why and what to do."""
-
-
-USER_ERRORS = (EvaluationError, SampleSetError, DatasetError, StorageError)
 
 
 class UInt8ImageDataset(Dataset):
@@ -123,7 +124,7 @@ def resolve_inception_weights(
         if storage.is_local:
             local = Path(storage.path)
             if not local.is_file():
-                raise EvaluationError(f"--inception-weights {path}: no such file")
+                raise EvaluationError(f"Inception weights {path}: no such file")
         else:
             if workdir is None:
                 raise EvaluationError("a working folder is needed to fetch remote Inception weights")
@@ -131,7 +132,7 @@ def resolve_inception_weights(
             try:
                 local.write_bytes(storage.read_bytes())
             except StorageError as err:
-                raise EvaluationError(f"--inception-weights {path}: cannot read ({err})") from err
+                raise EvaluationError(f"Inception weights {path}: cannot read ({err})") from err
         return local, {"source": path, "sha256": _sha256_file(local)}
     url, cached = _default_weights_file()
     if not cached.is_file():
@@ -194,7 +195,7 @@ def _parse_metrics(metrics: str | list[str]) -> list[str]:
     items = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
     unknown = [m for m in items if m not in METRICS]
     if unknown or not items:
-        raise EvaluationError(f"--metrics: expected a comma-separated subset of {','.join(METRICS)}, got {metrics!r}")
+        raise EvaluationError(f"metrics: expected a comma-separated subset of {','.join(METRICS)}, got {metrics!r}")
     return list(dict.fromkeys(items))
 
 
@@ -245,7 +246,7 @@ def check_inputs(
             f"{reference.uri} holds {ref_shape[0]}x{ref_shape[1]}x{ref_shape[2]} images: compare like with like"
         )
     if reference_limit is not None and reference_limit < 2:
-        raise EvaluationError(f"--reference-limit must be at least 2, got {reference_limit}")
+        raise EvaluationError(f"the reference limit must be at least 2, got {reference_limit}")
     inputs = EvalInputs(samples, reference, sample_manifest, ref_manifest, wanted, sample_shape, reference_limit)
     if inputs.n_samples < 2 or inputs.n_reference < 2:
         raise EvaluationError(
@@ -282,7 +283,7 @@ def evaluate(
     import torch_fidelity
 
     if batch_size < 1:
-        raise EvaluationError(f"--batch-size must be at least 1, got {batch_size}")
+        raise EvaluationError(f"batch size must be at least 1, got {batch_size}")
     endpoint = endpoint_url or endpoint_from_env()
     inputs = check_inputs(samples_uri, reference_uri, metrics=metrics, endpoint_url=endpoint,
                           reference_limit=reference_limit)
@@ -291,7 +292,7 @@ def evaluate(
     sample_shape, n_samples, n_reference = inputs.image_shape, inputs.n_samples, inputs.n_reference
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda: no CUDA device here")
+        raise EvaluationError("device cuda: no CUDA device here")
 
     with tempfile.TemporaryDirectory(prefix="ncsn-fidelity-") as tmp:
         workdir = Path(tmp)
@@ -340,7 +341,7 @@ def evaluate(
         "reference_cache": "computed" if added else "hit",  # hit: every needed file was cached
         "reference_cache_uri": cache.uri,
         "seconds": round(seconds, 2),
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "evaluated_at": utc_timestamp(),
     }
     samples.write_json(SCORES_NAME, result)
     pretty = ", ".join(f"{k} {v:.6g}" for k, v in result["metrics"].items())
@@ -368,10 +369,10 @@ def evaluate_on_ray(
     """
     import ray
 
-    from .generation import ensure_ray
+    from .raycluster import init_ray
 
     if not num_cpus > 0:
-        raise EvaluationError(f"--num-cpus must be positive, got {num_cpus}")
+        raise EvaluationError(f"the number of CPUs must be positive, got {num_cpus}")
     endpoint = kwargs.get("endpoint_url") or endpoint_from_env()
     kwargs["endpoint_url"] = endpoint
     inputs = check_inputs(samples_uri, reference_uri, metrics=kwargs.get("metrics", "fid,isc,kid"), endpoint_url=endpoint,
@@ -383,18 +384,18 @@ def evaluate_on_ray(
         kwargs["inception_weights"] = str(Path(weights).expanduser().resolve())
     local = not os.environ.get("RAY_ADDRESS")
     if use_gpu and local and not torch.cuda.is_available():
-        raise EvaluationError("--use-gpu: this machine has no CUDA GPU (and no RAY_ADDRESS names a cluster)")
+        raise EvaluationError("use_gpu: this machine has no CUDA GPU (and no RAY_ADDRESS names a cluster)")
     if local:
         with tempfile.TemporaryDirectory(prefix="ncsn-fidelity-") as tmp:
             resolve_inception_weights(kwargs.get("inception_weights"), endpoint_url=endpoint, workdir=Path(tmp), log=log)
-    started_ray = ensure_ray()
+    started_ray = init_ray(log=log)
     try:
         task = ray.remote(_evaluate_task).options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0, max_retries=0)
         try:
             return ray.get(task.remote(samples_uri, reference_uri, int(max(1, round(num_cpus))), use_gpu, kwargs))
         except ray.exceptions.RayTaskError as err:
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, USER_ERRORS):
+            cause = root_cause(err)
+            if isinstance(cause, UserError):
                 raise cause from None
             raise
     finally:
@@ -407,3 +408,30 @@ def _evaluate_task(samples_uri: str, reference_uri: str, threads: int, use_gpu: 
     if not use_gpu:
         torch.set_num_threads(threads)
     return evaluate(samples_uri, reference_uri, device="cuda" if use_gpu else "cpu", log=lambda m: print(m, flush=True), **kwargs)
+
+
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """What ``jobs/evaluate.py`` asks for (see :func:`evaluate` for the fields)."""
+
+    samples: str
+    reference: str
+    metrics: str = ",".join(METRICS)
+    inception_weights: str | None = None
+    endpoint_url: str | None = None
+    batch_size: int = 64
+    reference_limit: int | None = None
+    use_gpu: bool = False
+    num_cpus: float = 1.0
+    use_ray: bool = True
+
+
+def run(options: EvaluateOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score ``options.samples`` against ``options.reference``: one Ray task, or in-process."""
+    kwargs = dict(metrics=options.metrics, inception_weights=options.inception_weights,
+                  endpoint_url=options.endpoint_url, batch_size=options.batch_size,
+                  reference_limit=options.reference_limit)
+    if options.use_ray:
+        return evaluate_on_ray(options.samples, options.reference, num_cpus=options.num_cpus, use_gpu=options.use_gpu,
+                               log=log, **kwargs)
+    return evaluate(options.samples, options.reference, device="cuda" if options.use_gpu else None, log=log, **kwargs)

@@ -1,0 +1,102 @@
+"""Generation: ``n`` samples (seeds ``seed .. seed + n - 1``) from a checkpoint into a sample set.
+
+``run(GenerateOptions(...))`` is what ``jobs/generate.py`` calls. Seeds are the rows; a
+shard of seeds is the unit of work (:mod:`ncsn_ray.sample_job`). The shard plan depends
+only on ``n``, the first seed, the shard size and the batch size (all recorded in the job
+spec), never on how many actors run it, so the same command gives the same bytes on one
+actor or many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+from .figures import decode_png, image_grid
+from .layout import GRID, default_samples_uri
+from .sample_actors import GenerateShards
+from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
+from .samples import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units
+from .storage import Storage
+
+__all__ = ["GenerateOptions", "run", "default_shard_size", "GRID_IMAGES", "MAX_SHARD_SIZE"]
+
+GRID_IMAGES = 64
+MAX_SHARD_SIZE = 1000
+TARGET_SHARDS = 8  # default shard size: about this many shards, so that several actors share the work
+
+
+@dataclass(kw_only=True)
+class GenerateOptions(SamplingOptions):
+    """Options of ``jobs/generate.py`` (generation mode): ``n`` samples, plus the shared ones."""
+
+    n: int
+
+
+def default_shard_size(n: int, batch_size: int) -> int:
+    """About :data:`TARGET_SHARDS` shards, each a whole number of batches, at most
+    :data:`MAX_SHARD_SIZE` seeds (and at least one batch). Depends only on ``n`` and the
+    batch size, so the shard plan, and with it the bytes, never depends on the cluster."""
+    per_shard = math.ceil(n / TARGET_SHARDS)
+    whole_batches = math.ceil(per_shard / batch_size) * batch_size
+    return max(batch_size, min(MAX_SHARD_SIZE, whole_batches))
+
+
+def figure_scale(height: int) -> int:
+    """Nearest-neighbour upscaling for figures: small images become about 48 px tall."""
+    return max(1, 48 // max(1, height))
+
+
+def write_grid(out: Storage, units: list[WorkUnit], channels: int) -> dict[str, Any]:
+    """``_grid.png``: the first :data:`GRID_IMAGES` samples, in seed order."""
+    rows = first_rows(out, units, GENERATE_SCHEMA, GRID_IMAGES)
+    images = np.stack([decode_png(row["image"], channels) for row in rows])
+    out.write_png(GRID, image_grid(images, scale=figure_scale(images.shape[1])))
+    return {"grid": GRID}
+
+
+def run(options: GenerateOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Generate ``options.n`` samples into ``options.out``; returns a summary dict.
+
+    Everything that can be checked before Ray starts is checked first (arguments, the
+    checkpoint, the output folder).
+    """
+    if options.n < 1:
+        raise UserError(f"the number of samples must be at least 1, got {options.n}")
+    setup = resolve_sampling(options)
+    shard_size = options.shard_size or default_shard_size(options.n, setup.batch_size)
+    out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri), endpoint_url=setup.endpoint_url)
+    units = plan_units("generate", options.n, shard_size, offset=options.seed)
+    identity = {
+        "checkpoint": setup.pinned.identity(),
+        "sampler": setup.settings.to_dict(),
+        "n": options.n,
+        "seed": options.seed,
+        "batch_size": setup.batch_size,
+        "shard_size": shard_size,
+        "image_shape": list(setup.image_shape),
+    }
+    s = setup.settings
+    job = SampleJob(
+        kind="generate",
+        out=out,
+        units=units,
+        identity=identity,
+        info=job_info(setup, options.actors),
+        total=options.n,
+        unit_label="samples",
+        actor_cls=GenerateShards,
+        actor_kwargs=actor_kwargs(setup, out, options),
+        start_line=(
+            f"checkpoint {setup.pinned.uri} (step {setup.pinned.step}, sha256 {setup.pinned.sha256[:12]}), "
+            f"{options.n} samples of {setup.image_shape} into {out.uri}; T={s.steps_per_level}, eps={s.eps:g}, "
+            f"batch {setup.batch_size}, {len(units)} shard(s) of {shard_size}"
+        ),
+        write_figures=lambda folder, all_units: write_grid(folder, all_units, setup.image_shape[0]),
+        manifest_extra=manifest_extra(setup),
+    )
+    return execute(job, setup, options.actors, log=log)

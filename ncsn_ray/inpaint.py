@@ -1,0 +1,122 @@
+"""Inpainting (paper Appendix B.3, Fig. 6): the first images of a prepared dataset, K times each.
+
+``run(InpaintOptions(...))`` is what ``jobs/generate.py --mode inpaint`` calls. Units are
+rows of the dataset (positions in its shard order); each (image id, k) has its own seed, so
+the result does not depend on K, the shard size or the actor count for a given pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .datasets import read_manifest
+from .errors import UserError
+from .figures import decode_png, image_grid
+from .generate import figure_scale
+from .layout import FIGURE, default_samples_uri
+from .sample_actors import InpaintShards
+from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
+from .sampler import MASK_KINDS, load_mask_file
+from .samples import INPAINT_SCHEMA, WorkUnit, first_rows, plan_units
+from .storage import Storage
+
+__all__ = ["InpaintOptions", "run", "FIGURE_ROWS"]
+
+FIGURE_ROWS = 8
+MAX_SHARD_SIZE = 100
+TARGET_SHARDS = 8
+
+
+@dataclass(kw_only=True)
+class InpaintOptions(SamplingOptions):
+    """``data``: a prepared dataset URI; ``mask``: ``half``, ``center``, ``random`` or the URI
+    of a PNG whose non-zero pixels are known; ``samples_per_image``: K; ``limit``: inpaint
+    only the first M images."""
+
+    data: str
+    mask: str = "half"
+    samples_per_image: int = 4
+    limit: int | None = None
+
+
+def _mask_spec(mask: str, height: int, width: int, endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(actor mask argument, job-spec identity)`` for a mask kind or a mask file."""
+    if mask in MASK_KINDS:
+        return {"kind": mask, "array": None}, {"kind": mask}
+    array = load_mask_file(mask, height, width, endpoint_url=endpoint)
+    digest = hashlib.sha256(np.packbits(array).tobytes() + str(array.shape).encode()).hexdigest()
+    return {"kind": "file", "array": array}, {"kind": "file", "sha256": digest}
+
+
+def write_figure(out: Storage, units: list[WorkUnit], channels: int) -> dict[str, Any]:
+    """``_figure.png``, the paper's Fig. 6 layout: one row per image, occluded | K inpaintings | original."""
+    rows = first_rows(out, units, INPAINT_SCHEMA, FIGURE_ROWS)
+    tiles = [decode_png(png, channels) for row in rows for png in [row["occluded"], *row["inpaintings"], row["original"]]]
+    images = np.stack(tiles)
+    out.write_png(FIGURE, image_grid(images, nrow=len(rows[0]["inpaintings"]) + 2, scale=figure_scale(images.shape[1])))
+    return {"figure": FIGURE}
+
+
+def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Inpaint the first ``limit`` images of a prepared dataset, K times each; a summary dict."""
+    if options.samples_per_image < 1:
+        raise UserError(f"samples per image must be at least 1, got {options.samples_per_image}")
+    if options.limit is not None and options.limit < 1:
+        raise UserError(f"the image limit must be at least 1, got {options.limit}")
+    setup = resolve_sampling(options)
+    data = Storage.from_uri(options.data, endpoint_url=setup.endpoint_url)
+    dataset = read_manifest(data)
+    c, h, w = setup.image_shape
+    if (dataset.channels, dataset.height, dataset.width) != setup.image_shape:
+        raise UserError(
+            f"{data.uri}: images are {dataset.channels}x{dataset.height}x{dataset.width} (CxHxW) but the checkpoint "
+            f"models {c}x{h}x{w}"
+        )
+    total = min(options.limit or dataset.num_rows, dataset.num_rows)
+    if total < 1:
+        raise UserError(f"{data.uri}: the dataset has no rows")
+    mask_arg, mask_identity = _mask_spec(options.mask, h, w, setup.endpoint_url)
+    shard_size = options.shard_size or max(1, min(MAX_SHARD_SIZE, math.ceil(total / TARGET_SHARDS)))
+    out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri, "inpaint"),
+                           endpoint_url=setup.endpoint_url)
+    units = plan_units("inpaint", total, shard_size)
+    shards = [asdict(s) for s in dataset.shards]
+    identity = {
+        "checkpoint": setup.pinned.identity(),
+        "sampler": setup.settings.to_dict(),
+        "data": {"name": dataset.name, "num_rows": dataset.num_rows, "shards": shards},
+        "images": total,
+        "samples_per_image": options.samples_per_image,
+        "mask": mask_identity,
+        "seed": options.seed,
+        "batch_size": setup.batch_size,
+        "shard_size": shard_size,
+        "image_shape": list(setup.image_shape),
+    }
+    info = {**job_info(setup, options.actors), "data_uri": data.uri,
+            "mask_uri": None if options.mask in MASK_KINDS else options.mask}
+    kwargs = {**actor_kwargs(setup, out, options), "data_uri": data.uri, "data_shards": shards, "mask": mask_arg,
+              "samples_per_image": options.samples_per_image, "seed": options.seed}
+    job = SampleJob(
+        kind="inpaint",
+        out=out,
+        units=units,
+        identity=identity,
+        info=info,
+        total=total,
+        unit_label="images",
+        actor_cls=InpaintShards,
+        actor_kwargs=kwargs,
+        start_line=(
+            f"inpainting {total} images of {data.uri} ({options.mask} mask, K={options.samples_per_image}) "
+            f"with {setup.pinned.uri} (step {setup.pinned.step}) into {out.uri}"
+        ),
+        write_figures=lambda folder, all_units: write_figure(folder, all_units, c),
+        manifest_extra=manifest_extra(setup),
+    )
+    return execute(job, setup, options.actors, log=log)

@@ -1,0 +1,212 @@
+"""The sampler every job uses: a network plus sampler settings; seeds in, uint8 images out.
+
+No Ray here: the generation actors, the inpainting actors and the training preview grid all
+sample through :class:`Sampler`, so they make the same images from the same seeds.
+
+Determinism: the image for seed ``s`` uses :class:`ncsn_core.PerSampleNoise` (one generator
+seeded with ``s``) for its initial sample and for every Langevin step. It depends on the
+seed, the weights, the settings and the batch it is computed in (floating-point results of
+a batched network can differ in the last bit with the batch), never on other workers.
+
+Step convention: the paper's Algorithm 1 (see :mod:`ncsn_core.sampling`),
+``x <- x + alpha_i/2 s(x, i) + sqrt(alpha_i) z`` with ``alpha_i = eps sigma_i^2 / sigma_L^2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ncsn_core import (
+    ConfigError,
+    PerSampleNoise,
+    annealed_langevin,
+    annealed_langevin_inpaint,
+    apply_overrides,
+    initial_samples,
+    make_mask,
+    make_score_fn,
+)
+from ncsn_core.checkpoint import Checkpoint
+from ncsn_core.config import Config
+from ncsn_core.inpainting import MASK_KINDS
+
+from .errors import UserError
+from .figures import image_grid, to_uint8
+from .storage import Storage, StorageError
+
+__all__ = [
+    "SamplerSettings",
+    "Sampler",
+    "LevelCallback",
+    "override_sampling",
+    "inpaint_seed",
+    "image_mask",
+    "load_mask_file",
+    "MASK_KINDS",
+    "preview_grid",
+]
+
+# (levels done, levels in all) after each level of annealing: progress reporting.
+LevelCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Everything about the sampler that decides the pixels (all recorded in a job spec).
+
+    ``eps`` follows the paper's step convention (above); ``steps_per_level`` is T;
+    ``init`` the initial distribution (``uniform`` on [0, 1] as the paper, or ``gaussian``);
+    ``final_denoise`` the Tweedie step ``x + sigma_L^2 s(x, L)``; ``clamp`` clamps to
+    ``[0, 1]`` after every step; ``precision`` fp32 or bf16 (autocast); ``compile``
+    ``torch.compile``s the network; ``use_ema`` samples with the EMA weights when the
+    checkpoint has them.
+    """
+
+    steps_per_level: int
+    eps: float
+    init: str
+    final_denoise: bool
+    clamp: bool
+    precision: str
+    compile: bool
+    use_ema: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Config, *, use_ema: bool = True) -> "SamplerSettings":
+        s = config.sampling
+        return cls(s.steps_per_level, s.eps, s.init, s.final_denoise, s.clamp, s.precision, s.compile, use_ema)
+
+    def with_steps(self, steps_per_level: int) -> "SamplerSettings":
+        """The same total drift in fewer (or more) steps per level: ``eps`` scaled by T/T'."""
+        return replace(self, steps_per_level=steps_per_level, eps=self.eps * self.steps_per_level / steps_per_level)
+
+
+def override_sampling(config: Config, overrides: list[str] | None = None, *, steps_per_level: int | None = None) -> Config:
+    """The config with ``sampling.key=value`` overrides applied (and re-validated).
+
+    Only the ``sampling`` section may change (the rest describes the trained model);
+    anything else raises :class:`ncsn_core.ConfigError`.
+    """
+    items = list(overrides or [])
+    for item in items:
+        if not item.strip().startswith("sampling."):
+            raise ConfigError(f"{item!r}: only sampling.* settings can be changed at sampling time")
+    if steps_per_level is not None:
+        items.append(f"sampling.steps_per_level={int(steps_per_level)}")
+    return apply_overrides(config, items, "sampling overrides") if items else config
+
+
+class Sampler:
+    """A score network, its noise ladder and sampler settings, ready on one device.
+
+    Shapes: :meth:`sample` returns ``(len(seeds), H, W, C)`` uint8; :meth:`inpaint` takes
+    ``known`` ``(B, C, H, W)`` floats in ``[0, 1]`` and a bool ``mask`` of the same shape
+    (True = known pixel) and returns ``(B, H, W, C)`` uint8.
+    """
+
+    def __init__(self, model: torch.nn.Module, sigmas: torch.Tensor, settings: SamplerSettings,
+                 image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+        self.settings = settings
+        self.device = torch.device(device)
+        self.score_fn = make_score_fn(model.to(self.device).eval(), precision=settings.precision,
+                                      compile=settings.compile)
+        self.sigmas = sigmas.to(self.device)
+        self.shape = tuple(image_shape)  # (C, H, W)
+        self._clamp = (0.0, 1.0) if settings.clamp else None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, settings: SamplerSettings,
+                        device: torch.device | str = "cpu") -> "Sampler":
+        model = checkpoint.build_model(use_ema=settings.use_ema, device=device)
+        data = checkpoint.config.data
+        return cls(model, checkpoint.sigmas, settings, (data.channels, data.image_size, data.image_size), device)
+
+    def _start(self, seeds: list[int]) -> tuple[torch.Tensor, PerSampleNoise]:
+        noise = PerSampleNoise(seeds, self.shape, device=self.device)
+        x0 = initial_samples(
+            (len(seeds), *self.shape), kind=self.settings.init, sigma_max=float(self.sigmas[0]), noise=noise
+        )
+        return x0, noise
+
+    def _level_callback(self, on_level: LevelCallback | None):
+        if on_level is None:
+            return None
+        last_step, levels = self.settings.steps_per_level - 1, len(self.sigmas)
+
+        def callback(info: dict[str, Any]) -> None:
+            if info["step"] == last_step:
+                on_level(info["level"] + 1, levels)
+
+        return callback
+
+    def sample_float(self, seeds: list[int], *, on_level: LevelCallback | None = None) -> torch.Tensor:
+        """``(B, C, H, W)`` samples as floats (not clamped unless the settings clamp)."""
+        x0, noise = self._start(seeds)
+        s = self.settings
+        return annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
+                                 final_denoise=s.final_denoise, clamp=self._clamp, noise=noise,
+                                 callback=self._level_callback(on_level))
+
+    def sample(self, seeds: list[int], *, on_level: LevelCallback | None = None) -> np.ndarray:
+        return to_uint8(self.sample_float(seeds, on_level=on_level))
+
+    def inpaint(self, seeds: list[int], known: torch.Tensor, mask: torch.Tensor, *,
+                on_level: LevelCallback | None = None) -> np.ndarray:
+        x0, noise = self._start(seeds)
+        s = self.settings
+        x = annealed_langevin_inpaint(self.score_fn, x0, self.sigmas, known=known.to(self.device),
+                                      mask=mask.to(self.device), steps_per_level=s.steps_per_level, eps=s.eps,
+                                      clamp=self._clamp, noise=noise, callback=self._level_callback(on_level))
+        return to_uint8(x)
+
+
+def inpaint_seed(seed: int, source_id: int, k: int) -> int:
+    """The seed of inpainting ``k`` of source image ``source_id``: a hash, independent of K."""
+    digest = hashlib.sha256(f"ncsn-inpaint:{seed}:{source_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def image_mask(kind: str, shape: tuple[int, int, int], *, seed: int, source_id: int,
+               file_mask: np.ndarray | None) -> torch.Tensor:
+    """The ``(C, H, W)`` bool known-pixel mask for one source image (random masks seeded per id)."""
+    c, h, w = shape
+    if file_mask is not None:
+        return torch.from_numpy(file_mask).view(1, h, w).expand(c, h, w).clone()
+    generator = torch.Generator().manual_seed(inpaint_seed(seed, source_id, -1))
+    return make_mask(kind, (1, c, h, w), generator=generator)[0]
+
+
+def load_mask_file(uri: str, height: int, width: int, *, endpoint_url: str | None = None) -> np.ndarray:
+    """A PNG mask as ``(H, W)`` bool, True = known pixel (any non-zero value in any channel)."""
+    try:
+        data = Storage.from_uri(uri, endpoint_url=endpoint_url).read_bytes()
+    except StorageError as err:
+        raise UserError(f"mask {uri}: cannot read the mask file ({err})") from err
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"mask {uri}: not a readable image ({err})") from err
+    if arr.shape != (height, width):
+        raise UserError(f"mask {uri}: the mask is {arr.shape[1]}x{arr.shape[0]} (W x H) but the images are {width}x{height}")
+    known = arr > 0
+    if known.all() or not known.any():
+        raise UserError(f"mask {uri}: the mask must have both known (non-zero) and unknown (zero) pixels")
+    return known
+
+
+def preview_grid(sampler: Sampler, count: int, *, scale: int | None = None):
+    """A Pillow image of ``count`` samples (seeds ``0 .. count-1``) in a square grid."""
+    images = sampler.sample(list(range(count)))
+    return image_grid(images, scale=scale or max(1, 64 // images.shape[1]))

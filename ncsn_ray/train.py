@@ -1,0 +1,221 @@
+"""Training, driver side: check everything that can be checked, then run Ray Train.
+
+``run(TrainOptions(...))`` is what ``jobs/train.py`` calls. Before any worker starts it
+checks the config, the dataset (manifest present, image shape as the config says; the
+default digits data is prepared into ``runs/data/digits`` if missing), the storage location
+(writable) and an existing run's compatibility with the config; any problem is a
+:class:`~ncsn_ray.errors.UserError` naming it. Then a ``ray.train.torch.TorchTrainer``
+(Train V2) runs :func:`~ncsn_ray.training_loop.train_loop_per_worker` on ``num_workers``
+DDP workers, reading the Parquet shards through Ray Data and checkpointing into
+``{storage}/{name}``. Re-running with the same storage and name resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ncsn_core import apply_overrides, load_config
+from ncsn_core.config import Config
+
+from .checkpoints import list_checkpoints, load_checkpoint_uri
+from .datasets import DatasetManifest, read_manifest
+from .errors import UserError
+from .layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
+from .storage import Storage
+from .training_loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
+
+__all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml")
+AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba")
+
+Log = Callable[[str], None]
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """What ``jobs/train.py`` asks for; see its ``--help`` for each option."""
+
+    config: str = DEFAULT_CONFIG
+    data: str | None = None  # prepared dataset URI (None: the config's data.uri, else runs/data/<dataset>)
+    storage: str = DEFAULT_STORAGE
+    name: str | None = None  # run name (None: the config's name)
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    steps: int | None = None
+    checkpoint_every: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    max_failures: int = 3
+    data_cache: str = "auto"
+    endpoint_url: str | None = None
+    preview: bool = True
+    placement_strategy: str = "PACK"
+    verbose: bool = False  # show Ray Train's own INFO lines
+    inject_failure_at_step: int = -1  # tests only
+    rank_digests: bool = False  # tests only
+
+
+def _load_config(options: TrainOptions) -> Config:
+    config = load_config(options.config)
+    overrides = list(options.overrides)
+    if options.steps is not None:
+        overrides.append(f"training.steps={options.steps}")
+    if options.checkpoint_every is not None:
+        overrides.append(f"training.checkpoint_every={options.checkpoint_every}")
+    if overrides:
+        config = apply_overrides(config, overrides, source=f"{options.config} with overrides")
+    if config.model.kind != "ncsn":
+        raise UserError(f"{options.config}: this job trains image models (model.kind: ncsn); the toy has its own job")
+    return config
+
+
+def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Storage, DatasetManifest]:
+    """The training data and its manifest, preparing the default location if needed."""
+    data_uri = options.data or config.data.uri
+    default_location = data_uri is None
+    if default_location:
+        data_uri = str(Path(default_data_uri(config.data.dataset)).resolve())
+    data = Storage.from_uri(data_uri, endpoint_url=options.endpoint_url)
+    if default_location and existing_name(data, MANIFEST) is None:
+        if config.data.dataset not in AUTO_PREPARED:
+            raise UserError(f"no dataset given and data.dataset {config.data.dataset!r} cannot be prepared automatically")
+        from .prepare import ensure_prepared
+
+        log(f"[train] preparing {config.data.dataset} into {data_uri}")
+        ensure_prepared(config.data.dataset, data_uri, endpoint_url=options.endpoint_url, log=log)
+    manifest = read_manifest(data)
+    expected = (config.data.image_size, config.data.image_size, config.data.channels)
+    if (manifest.height, manifest.width, manifest.channels) != expected:
+        raise UserError(
+            f"{data.uri} holds {manifest.height}x{manifest.width}x{manifest.channels} images but the config "
+            f"expects {expected[0]}x{expected[1]}x{expected[2]} (data.image_size, data.channels)"
+        )
+    return data, manifest
+
+
+def _check_run_compatible(run: Storage, config: Config, endpoint_url: str | None, log: Log) -> int:
+    """Step of the newest checkpoint in ``run`` (0 if none); refuse a run made with another model."""
+    if not list_checkpoints(run):
+        return 0
+    ckpt, uri = load_checkpoint_uri(run.uri, endpoint_url=endpoint_url)
+    for section in ("model", "noise"):
+        if asdict(getattr(ckpt.config, section)) != asdict(getattr(config, section)):
+            raise UserError(
+                f"{run.uri} holds a run trained with different {section} settings "
+                f"({asdict(getattr(ckpt.config, section))}); use another run name or storage location"
+            )
+    if (ckpt.config.data.channels, ckpt.config.data.image_size) != (config.data.channels, config.data.image_size):
+        raise UserError(f"{run.uri} holds a run on images of another shape; use another run name or storage location")
+    log(f"[train] found checkpoint at step {ckpt.step} in {uri}: the run will resume from it")
+    return ckpt.step
+
+
+def _worker_resources(options: TrainOptions, total_cpus: float, log: Log) -> tuple[float, int]:
+    """``(CPUs reserved per worker, torch threads per worker)``.
+
+    On a small CPU-only machine a worker reserves less than a whole CPU so that Ray Data
+    keeps one for loading (a trainer whose workers reserve every CPU starves its own ingest
+    and hangs); its torch threads still use the cores it shares.
+    """
+    cpus = options.cpus_per_worker
+    if cpus is None:
+        cpus = 1.0
+        if not options.use_gpu and total_cpus - options.num_workers * cpus < 1:
+            cpus = max(0.1, (total_cpus - 1) / options.num_workers) if total_cpus > 1 else 0.5
+            log(f"[train] {total_cpus:g} CPUs: reserving {cpus:.2g} CPU per worker to leave room for data loading")
+    threads = 0 if options.use_gpu else max(1, int(total_cpus // options.num_workers))
+    return cpus, threads
+
+
+def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
+    """Train (or resume) the run ``{storage}/{name}``; returns ``{"step", "run", ...}``."""
+    if options.num_workers < 1:
+        raise UserError(f"the number of workers must be at least 1, got {options.num_workers}")
+    if options.data_cache not in ("auto", "on", "off"):
+        raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
+    config = _load_config(options)
+    name = options.name or config.name
+    data, manifest = _resolve_data(options, config, log)
+    per_worker = config.training.batch_size // options.num_workers
+    if per_worker < 1 or manifest.num_rows // options.num_workers < per_worker:
+        raise UserError(
+            f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
+            f"{max(per_worker, 1) * options.num_workers} images; {data.uri} has {manifest.num_rows}"
+        )
+    run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
+    run_location.check_writable()
+    start_step = _check_run_compatible(run_location, config, options.endpoint_url, log)
+    if start_step >= config.training.steps:
+        log(f"[train] {run_location.uri} is already at step {start_step} >= {config.training.steps}: nothing to do")
+        return {"step": start_step, "run": run_location.uri, "status": "already complete"}
+
+    from .raycluster import cluster_cpus, init_ray
+
+    started = time.perf_counter()
+    started_ray = init_ray(log=log)
+    try:
+        cpus, threads = _worker_resources(options, cluster_cpus(), log)
+        worker = WorkerOptions(
+            run_uri=run_location.uri, endpoint_url=options.endpoint_url, use_gpu=options.use_gpu,
+            torch_threads=threads, cache_data=options.data_cache, preview=options.preview,
+            num_rows=manifest.num_rows, inject_failure_at_step=options.inject_failure_at_step,
+            rank_digests=options.rank_digests,
+        )
+        log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
+            f"{config.training.batch_size} over {options.num_workers} worker(s), data {data.uri} "
+            f"({manifest.num_rows} images), run folder {run_location.uri}")
+        _fit(options, config, name, run_location, data, manifest, worker, cpus)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    final = list_checkpoints(run_location)
+    step = final[-1][0] if final else start_step
+    seconds = time.perf_counter() - started
+    log(f"[train] done at step {step} ({seconds:.0f} s); checkpoints in {run_location.uri}")
+    return {"step": step, "run": run_location.uri, "status": "complete", "seconds": round(seconds, 1)}
+
+
+def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage, data: Storage,
+         manifest: DatasetManifest, worker: WorkerOptions, cpus_per_worker: float) -> None:
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from .train_data import build_train_dataset
+
+    # Ray Train's preemption watcher only logs node drains (recovery from a preempted node
+    # works without it), and in Ray 2.60 it logs an error line at every start
+    # (ray-project/ray#53727). Off unless the user turns it on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    storage = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "options": asdict(worker)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=options.num_workers, use_gpu=options.use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+            placement_strategy=options.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage.path,
+            storage_filesystem=storage.fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if options.verbose else "WARNING"),
+        ),
+        datasets={"train": build_train_dataset(data, manifest)},
+        # Our own ingest options: Train's defaults copy a deprecated Ray Data field and warn.
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=False)),
+    )
+    if run_location.exists(STOPPED_FILE):
+        run_location.delete(STOPPED_FILE)  # from an earlier attempt
+    trainer.fit()
+    if run_location.exists(STOPPED_FILE):
+        raise NonFiniteLossError(run_location.read_json(STOPPED_FILE)["error"])

@@ -1,0 +1,333 @@
+"""The per-worker training loop run by Ray Train (Train V2): build state, restore, loop, report.
+
+Each worker: DDP over gloo (CPU) or NCCL (GPU), Adam, EMA, the core's score-matching loss
+through :func:`ncsn_core.train_step`, its share of the data from
+``ray.train.get_dataset_shard("train")``. Checkpoints are reported with
+``ray.train.report(checkpoint=...)`` into the run folder ``RunConfig(storage_path, name)``.
+
+Run folder ``{storage}/{name}/`` (names in :mod:`ncsn_ray.layout`):
+
+* ``checkpoint_XXXXXXXX/checkpoint.pt`` + ``step.txt``: the last ``keep_checkpoints`` are
+  kept; re-running with the same storage and name resumes from the newest (step counter,
+  optimiser and EMA restored).
+* ``metrics.jsonl``: one JSON object per log window (step, loss, loss per sigma, images/s).
+* ``loss.png``: the loss per noise level over steps, redrawn at each checkpoint.
+* ``samples/step_XXXXXXXX.png``: a grid sampled from the EMA weights at each checkpoint.
+
+Step semantics: ``training.steps`` is the total number of optimiser steps of the run;
+``training.batch_size`` is the global batch, ``batch_size // W`` per worker for W workers.
+Loss statistics are summed on the device and all-reduced only at log steps, so the loop
+does not wait for the host on every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ncsn_core import EMA, LOSSES, build_model, config_from_dict, geometric_sigmas, load_checkpoint, per_level_means
+from ncsn_core import train_step
+from ncsn_core.checkpoint import checkpoint_bytes
+from ncsn_core.config import Config
+
+from .errors import JobFailed
+from .figures import loss_plot
+from .layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STOPPED_FILE
+from .sample_pipeline import format_seconds
+from .sampler import Sampler, SamplerSettings, preview_grid
+from .storage import Storage
+from .train_data import WorkerBatches, augment
+
+__all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker", "FAILURE_MARKER"]
+
+FAILURE_MARKER = ".injected-failure-done"
+PREVIEW_STEPS_PER_LEVEL = 10
+
+
+class NonFiniteLossError(JobFailed):
+    """The loss became NaN or infinite; the message names the step and the noise level.
+
+    Not a transient failure: retrying from the last checkpoint would diverge the same way.
+    Every worker sees it at the same step (the loss statistics are all-reduced) and returns
+    normally, so Ray Train does not retry; rank 0 first writes the message to
+    ``stopped.json`` in the run folder, from which the driver raises it again.
+    """
+
+@dataclass
+class WorkerOptions:
+    """What a worker needs besides the config (plain data, shipped to every worker)."""
+
+    run_uri: str
+    endpoint_url: str | None = None
+    use_gpu: bool = False
+    torch_threads: int = 0  # 0 = leave torch's default
+    cache_data: str = "auto"  # auto | on | off: keep the decoded shard in worker memory
+    cache_limit_bytes: int = 1 << 30
+    preview: bool = True
+    num_rows: int = 0  # rows of the dataset (to size the cache)
+    inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
+    rank_digests: bool = False  # tests only: every rank writes a digest of its weights at checkpoints
+
+
+def _log(message: str) -> None:
+    """One progress line. Not ``print``: Ray Train V2 patches ``print`` in workers and, with
+    Ray's redirected stdout, every line would reach the driver twice."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN}[op]
+        torch.distributed.all_reduce(tensor, op=reduce_op)
+    return tensor
+
+
+class TrainState:
+    """Model, EMA, optimiser, noise ladder and step counter: what a checkpoint holds."""
+
+    def __init__(self, config: Config):
+        tc = config.training
+        self.config = config
+        self.sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+        self.model = build_model(config)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999),
+                                          weight_decay=tc.weight_decay)
+        self.step = 0
+
+    def restore(self, folder: str | os.PathLike) -> None:
+        ckpt = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        self.model.load_state_dict(ckpt.model_state)
+        if ckpt.ema_state is not None:
+            self.ema.load_state_dict(ckpt.ema_state)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.step = ckpt.step
+
+    def to(self, device: torch.device) -> "TrainState":
+        self.model.to(device)
+        self.ema.module.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and key != "step":
+                    state[key] = value.to(device)
+        return self
+
+    def checkpoint_bytes(self) -> bytes:
+        return checkpoint_bytes(model=self.model, config=self.config, sigmas=self.sigmas, ema=self.ema.module,
+                                optimizer=self.optimizer, step=self.step)
+
+
+class LossWindow:
+    """Per-level loss sums and counts since the last log line, kept on the device."""
+
+    def __init__(self, num_levels: int, device: torch.device):
+        self.num_levels = num_levels
+        self.sums = torch.zeros(num_levels, device=device)
+        self.counts = torch.zeros(num_levels, device=device)
+        self.first_bad_step = torch.full((), math.inf, device=device)
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, out, step: int) -> None:
+        sums, counts = per_level_means(out.per_example.float(), out.levels, self.num_levels)
+        self.sums += sums
+        self.counts += counts
+        bad = ~torch.isfinite(out.loss.detach()) & ~torch.isfinite(self.first_bad_step)  # first bad step only
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        self.steps += 1
+
+    def close(self, step: int, sigmas: torch.Tensor) -> dict[str, Any]:
+        """All-reduce the window across workers, raise if the loss was ever non-finite, reset."""
+        stats = _all_reduce(torch.cat([self.sums, self.counts]))
+        bad = _all_reduce(self.first_bad_step.clone(), "min").item()
+        sums, counts = stats[: self.num_levels], stats[self.num_levels :]
+        if math.isfinite(bad) or not torch.isfinite(sums).all():
+            levels = [i for i in range(self.num_levels) if not math.isfinite(sums[i].item())]
+            where = f"noise level {levels[0]} (sigma={sigmas[levels[0]].item():.4g})" if levels else "an unknown level"
+            at = int(bad) if math.isfinite(bad) else step
+            raise NonFiniteLossError(
+                f"non-finite loss at step {at}, {where}; stopping without writing a checkpoint. "
+                "Lower training.lr, set training.grad_clip, or check the data."
+            )
+        window = {
+            "steps": self.steps,
+            "seconds": time.perf_counter() - self.started,
+            "loss": (sums.sum() / counts.sum().clamp(min=1)).item(),
+            "per_sigma": [round((s / c).item(), 5) if c > 0 else None for s, c in zip(sums, counts)],
+        }
+        self.sums.zero_()
+        self.counts.zero_()
+        self.steps = 0
+        self.started = time.perf_counter()
+        return window
+
+
+class RunRecord:
+    """Rank 0's outputs in the run folder: metrics lines, the loss plot, preview grids."""
+
+    def __init__(self, run: Storage, config: Config, sigmas: torch.Tensor, start_step: int):
+        self.run, self.config, self.sigmas = run, config, sigmas
+        self.lines: list[str] = []
+        if run.exists(METRICS_FILE):
+            kept = [ln for ln in run.read_bytes(METRICS_FILE).decode().splitlines() if ln.strip()]
+            self.lines = [ln for ln in kept if json.loads(ln).get("step", 0) <= start_step]
+        self.start_step, self.started = start_step, time.perf_counter()
+        self.loop_started_at = time.time()  # wall clock when this attempt's first step began
+
+    def log_window(self, step: int, window: dict[str, Any], global_batch: int) -> None:
+        tc = self.config.training
+        images_per_s = window["steps"] * global_batch / max(window["seconds"], 1e-9)
+        steps_per_s = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+        eta = (tc.steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        record = {"step": step, "loss": round(window["loss"], 6), "loss_per_sigma": window["per_sigma"],
+                  "images_per_s": round(images_per_s, 2), "time": round(time.time(), 3),
+                  "loop_started_at": round(self.loop_started_at, 3)}
+        self.lines.append(json.dumps(record))
+        self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        per_sigma = " ".join(f"{v:.3g}" if v is not None else "-" for v in window["per_sigma"])
+        _log(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
+             f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
+
+    def draw_loss(self) -> None:
+        records = [json.loads(line) for line in self.lines]
+        image = loss_plot([r["step"] for r in records], [r["loss_per_sigma"] for r in records], self.sigmas.tolist(),
+                          title=f"{self.config.name}: loss per noise level (weighted by sigma^2)")
+        self.run.write_png(LOSS_PLOT, image)
+
+    def write_preview(self, ema_module: torch.nn.Module, step: int, device: torch.device) -> str:
+        """A grid sampled from the EMA weights with the generation sampler, fewer steps per level."""
+        config = self.config
+        settings = SamplerSettings.from_config(config, use_ema=True)
+        settings = settings.with_steps(min(settings.steps_per_level, PREVIEW_STEPS_PER_LEVEL))
+        shape = (config.data.channels, config.data.image_size, config.data.image_size)
+        was_training = ema_module.training
+        sampler = Sampler(ema_module, self.sigmas, settings, shape, device)
+        grid = preview_grid(sampler, config.sampling.preview_samples)
+        ema_module.train(was_training)
+        name = f"samples/step_{step:08d}.png"
+        self.run.write_png(name, grid)
+        return self.run.uri_of(name)
+
+
+def _write_rank_digest(run: Storage, model: torch.nn.Module, rank: int, step: int) -> None:
+    """Record a hash of this rank's weights and its node (to check that DDP keeps ranks identical)."""
+    import hashlib
+
+    import ray
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    record = {"rank": rank, "step": step, "digest": h.hexdigest(), "node": ray.get_runtime_context().get_node_id()}
+    run.write_json(f"rank_digests/step_{step:08d}_rank_{rank}.json", record)
+
+
+def _report_checkpoint(state: TrainState, rank: int) -> None:
+    """``ray.train.report`` with a checkpoint folder from rank 0 (the others report metrics only)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            (Path(folder) / CHECKPOINT_FILE).write_bytes(state.checkpoint_bytes())
+            (Path(folder) / STEP_FILE).write_text(f"{state.step}\n")
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"step": state.step}, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``loop_config = {"config": Config.to_dict(), "options": asdict(WorkerOptions)}``."""
+    import ray.train
+
+    try:
+        _train(loop_config)
+    except NonFiniteLossError as err:
+        if ray.train.get_context().get_world_rank() == 0:
+            opts = WorkerOptions(**loop_config["options"])
+            run = Storage.from_uri(opts.run_uri, endpoint_url=opts.endpoint_url)
+            run.write_json(STOPPED_FILE, {"error": str(err), "kind": "non-finite loss"})
+
+
+def _train(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config = config_from_dict(loop_config["config"], "training config")
+    opts = WorkerOptions(**loop_config["options"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if opts.use_gpu else torch.device("cpu")
+    if opts.torch_threads > 0:
+        torch.set_num_threads(opts.torch_threads)
+    tc = config.training
+    torch.manual_seed(tc.seed * 1000 + rank)
+    run = Storage.from_uri(opts.run_uri, endpoint_url=opts.endpoint_url)
+
+    # Build state, restore.
+    state = TrainState(config)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            state.restore(folder)
+        if rank == 0:
+            _log(f"[train] resumed from {restored.path} at step {state.step}")
+    state.to(device)
+    sigmas = state.sigmas.to(device)
+    model = ray.train.torch.prepare_model(state.model) if world > 1 else state.model
+    loss_fn = LOSSES[tc.loss]
+    loss_kwargs: dict[str, Any] = {"anneal_power": tc.anneal_power}
+    if tc.loss == "ssm":
+        loss_kwargs["n_projections"] = tc.n_projections
+    per_worker = tc.batch_size // world
+    batches = iter(WorkerBatches(
+        ray.train.get_dataset_shard("train"), per_worker, device, cache=opts.cache_data,
+        cache_limit=opts.cache_limit_bytes, item_bytes=config.data.channels * config.data.image_size**2,
+        approx_rows=opts.num_rows // world, seed=tc.seed * 1000 + rank + state.step,
+    ))
+    aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + state.step)
+    window = LossWindow(config.noise.num_levels, device)
+    record = RunRecord(run, config, state.sigmas, state.step) if rank == 0 else None
+    if rank == 0:
+        _log(f"[train] first step: {state.step + 1} of {tc.steps}")
+
+    # Loop, report.
+    model.train()
+    while state.step < tc.steps:
+        x = augment(next(batches), dequantize=config.data.dequantize, random_flip=config.data.random_flip,
+                    generator=aug_generator)
+        out = train_step(model, state.optimizer, loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
+                         **loss_kwargs)
+        state.step += 1
+        window.add(out, state.step)
+        if state.step == opts.inject_failure_at_step and rank == 0 and not run.exists(FAILURE_MARKER):
+            run.write_bytes(FAILURE_MARKER, b"1")
+            _log(f"[train] injected failure: killing worker at step {state.step}")
+            os._exit(1)
+        checkpoint_due = state.step % tc.checkpoint_every == 0 or state.step >= tc.steps
+        if not checkpoint_due and state.step % tc.log_every != 0:
+            continue
+        stats = window.close(state.step, state.sigmas)
+        if record is not None:
+            record.log_window(state.step, stats, per_worker * world)
+        if checkpoint_due:
+            if opts.rank_digests:
+                _write_rank_digest(run, state.model, rank, state.step)
+            _report_checkpoint(state, rank)
+            if record is not None:
+                record.draw_loss()
+                if opts.preview:
+                    url = record.write_preview(state.ema.module, state.step, device)
+                    _log(f"[train] checkpoint at step {state.step}; samples -> {url}")
+            window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s
