@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best time of each side is kept")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    shard_size = default_shard_size(args.n, args.batch_size)
+    shard_size = default_shard_size(args.n, args.batch_size, cores)
 
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         tmp_path = Path(tmp)

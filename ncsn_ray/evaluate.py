@@ -276,8 +276,8 @@ def evaluate(
     ``kernel_inception_distance_mean``/``_std``), ``num_samples``, ``num_reference``, the URIs,
     the sample set's ``checkpoint`` and ``sampler``, ``inception_weights``, and
     ``reference_cache`` (``"hit"`` or ``"computed"``). KID uses subsets of
-    ``min(kid_subset_size, num_samples, num_reference)`` images; IS uses
-    ``min(10, num_samples)`` splits. ``reference_limit`` scores against the first N reference
+    ``min(kid_subset_size, num_samples, num_reference)`` images; IS uses 10 splits as
+    published, fewer (at least 50 images each) for sets under 500 images. ``reference_limit`` scores against the first N reference
     images only (cheaper; FID against a subset is a biased estimate, so compare like with like).
     """
     import torch_fidelity
@@ -321,7 +321,7 @@ def evaluate(
             feature_extractor=FEATURE_EXTRACTOR,
             feature_extractor_weights_path=str(weights_path),
             kid_subset_size=min(kid_subset_size, n_samples, n_reference),
-            isc_splits=min(10, n_samples),
+            isc_splits=max(1, min(10, n_samples // 50)),  # 10 as published, fewer for small sets
             save_cpu_ram=True,  # no DataLoader worker processes: the images are in memory already
             verbose=False,
         )

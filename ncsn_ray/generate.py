@@ -20,14 +20,14 @@ from .figures import decode_png, image_grid
 from .layout import GRID, default_samples_uri
 from .sample_actors import GenerateShards
 from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
-from .samples import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units
+from .samples import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units, recorded_identity
 from .storage import Storage
 
 __all__ = ["GenerateOptions", "run", "default_shard_size", "GRID_IMAGES", "MAX_SHARD_SIZE"]
 
 GRID_IMAGES = 64
 MAX_SHARD_SIZE = 1000
-TARGET_SHARDS = 8  # default shard size: about this many shards, so that several actors share the work
+SHARDS_PER_ACTOR = 4  # default shard size: about this many shards per planned actor (balances the tail)
 
 
 @dataclass(kw_only=True)
@@ -37,13 +37,18 @@ class GenerateOptions(SamplingOptions):
     n: int
 
 
-def default_shard_size(n: int, batch_size: int) -> int:
-    """About :data:`TARGET_SHARDS` shards, each a whole number of batches, at most
-    :data:`MAX_SHARD_SIZE` seeds (and at least one batch). Depends only on ``n`` and the
-    batch size, so the shard plan, and with it the bytes, never depends on the cluster."""
-    per_shard = math.ceil(n / TARGET_SHARDS)
+def default_shard_size(n: int, batch_size: int, actors: int) -> int:
+    """About :data:`SHARDS_PER_ACTOR` shards per actor, each a whole number of batches, at
+    most :data:`MAX_SHARD_SIZE` seeds (and at least one batch).
+
+    The bytes do not depend on the choice: with shards made of whole batches, every batch is
+    the same run of ``batch_size`` consecutive seeds whatever the shard size, so the default
+    may follow the machine. It is recorded in the job spec and reused when the job resumes.
+    """
+    per_shard = math.ceil(n / (SHARDS_PER_ACTOR * max(1, actors)))
     whole_batches = math.ceil(per_shard / batch_size) * batch_size
-    return max(batch_size, min(MAX_SHARD_SIZE, whole_batches))
+    largest = max(batch_size, MAX_SHARD_SIZE // batch_size * batch_size)
+    return max(batch_size, min(largest, whole_batches))
 
 
 def figure_scale(height: int) -> int:
@@ -68,8 +73,10 @@ def run(options: GenerateOptions, *, log: Callable[[str], None] = print) -> dict
     if options.n < 1:
         raise UserError(f"the number of samples must be at least 1, got {options.n}")
     setup = resolve_sampling(options)
-    shard_size = options.shard_size or default_shard_size(options.n, setup.batch_size)
     out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri), endpoint_url=setup.endpoint_url)
+    recorded = recorded_identity(out) or {}
+    shard_size = (options.shard_size or recorded.get("shard_size")
+                  or default_shard_size(options.n, setup.batch_size, options.actors.planned_size()))
     units = plan_units("generate", options.n, shard_size, offset=options.seed)
     identity = {
         "checkpoint": setup.pinned.identity(),

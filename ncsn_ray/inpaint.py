@@ -81,9 +81,9 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
     if total < 1:
         raise UserError(f"{data.uri}: the dataset has no rows")
     mask_arg, mask_identity = _mask_spec(options.mask, h, w, setup.endpoint_url)
-    shard_size = options.shard_size or max(1, min(MAX_SHARD_SIZE, math.ceil(total / TARGET_SHARDS)))
     out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri, "inpaint"),
                            endpoint_url=setup.endpoint_url)
+    shard_size = options.shard_size or max(1, min(MAX_SHARD_SIZE, math.ceil(total / TARGET_SHARDS)))
     units = plan_units("inpaint", total, shard_size)
     shards = [asdict(s) for s in dataset.shards]
     identity = {

@@ -70,6 +70,20 @@ class ActorPlan:
         if self.use_gpu and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
             raise UserError("use_gpu: this machine has no CUDA GPU (and no RAY_ADDRESS names a cluster)")
 
+    def planned_size(self) -> int:
+        """The pool size the job plans for, before Ray starts: the given number of actors (or
+        the maximum), else one per GPU / per ``cpus_per_actor`` CPUs of this machine, or 8 on
+        a cluster (``RAY_ADDRESS``), whose size is known only once connected."""
+        if self.num_actors is not None:
+            return self.num_actors
+        if self.max_actors is not None:
+            return self.max_actors
+        if os.environ.get("RAY_ADDRESS"):
+            return 8
+        if self.use_gpu:
+            return max(1, torch.cuda.device_count())
+        return max(1, int((os.cpu_count() or 1) // self.cpus_per_actor))
+
     @property
     def threads_per_actor(self) -> int:
         return max(1, int(round(self.cpus_per_actor)))

@@ -55,6 +55,7 @@ __all__ = [
     "make_job_spec",
     "open_sample_set",
     "finished_units",
+    "recorded_identity",
     "write_manifest",
     "read_sample_manifest",
     "iter_sample_images",
@@ -190,6 +191,20 @@ def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
         )
     storage.write_json(JOB_SPEC_NAME, spec)
     return "new"
+
+
+def recorded_identity(storage: Storage) -> dict[str, Any] | None:
+    """The identity of the job a sample-set folder already holds (from its manifest or job
+    spec), or None for an empty or absent folder. Used to resume with the recorded defaults."""
+    manifest = existing_name(storage, MANIFEST_NAME)
+    if manifest is not None:
+        stored = storage.read_json(manifest).get("job")
+    else:
+        job = existing_name(storage, JOB_SPEC_NAME)
+        stored = storage.read_json(job) if job is not None else None
+    if isinstance(stored, dict) and isinstance(stored.get("identity"), dict):
+        return stored["identity"]
+    return None
 
 
 def finished_units(storage: Storage, units: list[WorkUnit]) -> set[str]:

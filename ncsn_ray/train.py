@@ -162,7 +162,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
         cpus, threads = _worker_resources(options, cluster_cpus(), log)
         worker = WorkerOptions(
             run_uri=run_location.uri, endpoint_url=options.endpoint_url, use_gpu=options.use_gpu,
-            torch_threads=threads, cache_data=options.data_cache, preview=options.preview,
+            torch_threads=threads, cache_data=options.data_cache, preview=options.preview, verbose=options.verbose,
             num_rows=manifest.num_rows, inject_failure_at_step=options.inject_failure_at_step,
             rank_digests=options.rank_digests,
         )
@@ -211,8 +211,12 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
             logging_config=ray.train.LoggingConfig(log_level="INFO" if options.verbose else "WARNING"),
         ),
         datasets={"train": build_train_dataset(data, manifest)},
-        # Our own ingest options: Train's defaults copy a deprecated Ray Data field and warn.
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=False)),
+        # Our own ingest options (Train's defaults copy a deprecated Ray Data field and warn).
+        # One worker reads the whole dataset: no split, so no split-coordinator actor to start.
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split="all" if options.num_workers > 1 else [],
+            execution_options=ExecutionOptions(preserve_order=False),
+        ),
     )
     if run_location.exists(STOPPED_FILE):
         run_location.delete(STOPPED_FILE)  # from an earlier attempt

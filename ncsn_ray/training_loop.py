@@ -23,6 +23,7 @@ does not wait for the host on every step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -73,6 +74,7 @@ class WorkerOptions:
     cache_data: str = "auto"  # auto | on | off: keep the decoded shard in worker memory
     cache_limit_bytes: int = 1 << 30
     preview: bool = True
+    verbose: bool = False  # keep Ray Train's INFO lines in this worker
     num_rows: int = 0  # rows of the dataset (to size the cache)
     inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
     rank_digests: bool = False  # tests only: every rank writes a digest of its weights at checkpoints
@@ -266,6 +268,12 @@ def _train(loop_config: dict[str, Any]) -> None:
 
     config = config_from_dict(loop_config["config"], "training config")
     opts = WorkerOptions(**loop_config["options"])
+    if not opts.verbose:
+        # Train's per-report INFO line ("Reporting training result ...") comes from a logger
+        # named after its file path, outside "ray.train", so LoggingConfig does not reach it.
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if opts.use_gpu else torch.device("cpu")

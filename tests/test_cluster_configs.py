@@ -103,7 +103,7 @@ def aws():
 
 
 def test_aws_yaml_matches_rays_json_schema(aws):
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     import ray.autoscaler
 
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
@@ -111,7 +111,7 @@ def test_aws_yaml_matches_rays_json_schema(aws):
 
 
 def test_aws_yaml_passes_rays_own_config_preparation(aws):
-    pytest.importorskip("jsonschema")  # validate_config needs it
+    import jsonschema  # noqa: F401 - validate_config needs it
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     prepared = prepare_config(copy.deepcopy(aws))  # merges Ray's AWS defaults; no AWS call
@@ -298,17 +298,33 @@ def test_readme_documents_the_cluster_commands():
 def test_runtime_env_yaml_runs_a_job_from_the_repository(tmp_path):
     from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
 
+    import shutil
+    import subprocess
+
+    # A copy of the checkout holding what the excludes must keep out: runs/ (training runs,
+    # often gigabytes) and a local data/ folder. No .gitignore in the copy, so only the
+    # runtime_env's own excludes can keep them out.
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if name != ".gitignore" and (REPO / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, checkout / name)
+    for folder in ("runs/digits", "data"):
+        (checkout / folder).mkdir(parents=True)
+        (checkout / folder / "big.bin").write_bytes(b"x" * 1024)
     probe = (
         "import os, ncsn_core, ncsn_ray; "
-        "assert os.path.isfile('jobs/train.py'); "
-        "assert not os.path.exists('runs') and not os.path.exists('.git'); "
+        "assert os.path.isfile('jobs/train.py'), 'the repository was not uploaded'; "
+        "assert not os.path.exists('runs'), 'runs/ was uploaded'; "
+        "assert not os.path.exists('data'), 'data/ was uploaded'; "
         "print('PROBE_OK', os.environ.get('PYTHONUNBUFFERED'))"
     )
-    with local_ray_head(tmp_path=tmp_path, num_cpus=1) as head:
+    with local_ray_head(tmp_path=tmp_path / "head", num_cpus=1) as head:
         result = submit_job(
             head,
             ["python", "-c", probe],
-            working_dir=REPO,
+            working_dir=checkout,
             runtime_env=load(RUNTIME_ENV),
             timeout=240,
         )

@@ -88,12 +88,16 @@ def test_toy_mlp_shapes_and_conditioning():
     assert not torch.allclose(out[:4], out[4:])
 
 
-def test_bf16_score_fn_returns_float32_on_cpu():
+def test_bf16_score_fn_computes_in_bf16_and_returns_float32_on_cpu():
     model = NCSN(1, num_levels=2, ngf=4)
     x = torch.rand(2, 1, 8, 8)
+    seen: list[torch.dtype] = []
+    model.begin_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     fp32 = make_score_fn(model)(x, torch.tensor([0, 1]))
     bf16 = make_score_fn(model, precision="bf16")(x, torch.tensor([0, 1]))
+    assert seen == [torch.float32, torch.bfloat16], "the bf16 path must run the convolutions in bfloat16"
     assert bf16.dtype == torch.float32 and bf16.shape == x.shape
+    assert not torch.equal(fp32, bf16), "bf16 rounding leaves no trace: precision was ignored"
     assert torch.allclose(fp32, bf16, atol=0.1 * fp32.abs().max().item() + 1e-3)
     with pytest.raises(ValueError, match="precision"):
         make_score_fn(model, precision="fp8")
