@@ -3,9 +3,12 @@
     python jobs/toy.py [--out runs/toy] [--n 1280] [--seed 0] [--json]
 
 Fig. 3 compares plain and annealed Langevin dynamics on a two-mode Gaussian mixture (the
-mode weights 1/5 : 4/5); Fig. 2 shows that sliced score matching learns scores only near
-the data. With --json the last line printed is one JSON object with the fraction of samples
-in the lower-left mode for ``exact``, ``langevin`` and ``annealed``, plus score-error figures.
+mode weights 1/5 : 4/5), annealed with the paper's ladder (sigma 10 -> 0.1, toy.yaml) and
+with the authors' code's (sigma 20 -> 1, toy-original.yaml); Fig. 2 shows that sliced score
+matching learns scores only near the data. With --json the last line printed is one JSON
+object with the fraction of samples in the lower-left mode for ``exact``, ``langevin``,
+``annealed`` (paper's ladder) and ``annealed_original`` (authors' code), plus score-error
+figures.
 
 Exit status: 0 done, 2 bad input.
 """
@@ -26,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(prog="jobs/toy.py", description=head, epilog=tail,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="toy config YAML (default: jobs/configs/toy.yaml)")
+    parser.add_argument("--config", default=None, help="toy config YAML, the paper's ladder (default: jobs/configs/toy.yaml)")
+    parser.add_argument("--original-config", default=None, help="the authors' code's ladder "
+                        "(default: jobs/configs/toy-original.yaml)")
     parser.add_argument("--out", default="runs/toy", help="folder for the PNG figures (default: %(default)s)")
     parser.add_argument("--n", type=int, default=1280, help="samples per method (default: %(default)s)")
     parser.add_argument("--ssm-steps", type=int, default=1500, help="training steps for Fig. 2 (default: %(default)s)")
@@ -48,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace):
     from ncsn_ray.toy import ToyOptions
 
-    return ToyOptions(**({"config": args.config} if args.config else {}), out=args.out, n=args.n,
+    paths = {"config": args.config, "original_config": args.original_config}
+    return ToyOptions(**{k: v for k, v in paths.items() if v}, out=args.out, n=args.n,
                       ssm_steps=args.ssm_steps, seed=args.seed)
 
 

@@ -4,6 +4,13 @@ A config file has up to six top-level keys: ``name`` and the sections ``data``, 
 ``noise``, ``training``, ``sampling`` (see the dataclasses below for every key, its type,
 default and meaning). Files are read with ``yaml.safe_load``. An unknown key, a wrong type
 or an out-of-range value raises :class:`ConfigError` naming the file and the key.
+
+Three values may be ``auto`` (NCSNv2's rules, :mod:`ncsn_core.noise`), resolved by
+:func:`resolve_auto` before training from the data: ``noise.sigma_max`` (the largest
+distance between two training images, technique 1), ``noise.num_levels`` (L for a ratio
+whose neighbouring levels overlap by about half, technique 2) and ``sampling.eps`` (the step
+size for T from the stationary-variance criterion, technique 4). A checkpoint always holds
+the resolved numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "apply_overrides",
+    "resolve_auto",
 ]
 
 
@@ -37,7 +45,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # digits | mnist | cifar10 | celeba | imagefolder | toy
+    dataset: str = "digits"  # digits | mnist | cifar10 | celeba | celeba64 | imagefolder | toy
     image_size: int = 8  # H = W of the images, in pixels
     channels: int = 1
     dequantize: bool = True  # x * 255/256 + U(0, 1)/256, as the original training
@@ -47,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "ncsn"  # ncsn (images) | toy_mlp (2-D data)
+    kind: str = "ncsn"  # ncsn (NCSN, images) | ncsnv2 (NCSNv2, images) | toy_mlp (2-D data)
     ngf: int = 64  # NCSN base width: 64 for MNIST, 128 for CIFAR-10/CelebA in the paper
     hidden: int = 128  # toy_mlp hidden width
     depth: int = 3  # toy_mlp hidden layers
@@ -55,9 +63,9 @@ class ModelConfig:
 
 @dataclass
 class NoiseConfig:
-    sigma_max: float = 1.0  # sigma_1 (pixel units, images in [0, 1])
+    sigma_max: Union[float, str] = 1.0  # sigma_1 (pixel units, images in [0, 1]), or "auto"
     sigma_min: float = 0.01  # sigma_L
-    num_levels: int = 10  # L
+    num_levels: Union[int, str] = 10  # L, or "auto"
 
 
 @dataclass
@@ -83,11 +91,12 @@ class SamplingConfig:
     steps_per_level: int = 100  # T
     # Paper convention x + eps*(s_i/s_L)^2/2 * score + sqrt(eps*(s_i/s_L)^2) * z.
     # 4e-5 here equals the original code's step_lr = 2e-5 (which used x + a*score + sqrt(2a)*z).
-    eps: float = 4e-5
+    eps: Union[float, str] = 4e-5  # or "auto" (technique 4 for this ladder and T)
     init: str = "uniform"  # uniform (paper) | gaussian
     final_denoise: bool = False  # Tweedie step x + sigma_L^2 s(x, sigma_L) at the end
     clamp: bool = False  # clamp to [0, 1] after every step
     batch_size: int = 100
+    ema: bool = True  # sample with the EMA weights (when the checkpoint has them); the paper sampled without
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the network
     preview_samples: int = 64  # images in the PNG grids written during training
@@ -106,9 +115,18 @@ class Config:
         """Plain nested dict of Python primitives (safe for ``torch.load(weights_only=True)``)."""
         return dataclasses.asdict(self)
 
+    def has_auto(self) -> bool:
+        """Whether some value is still ``auto`` (see :func:`resolve_auto`)."""
+        return "auto" in (self.noise.sigma_max, self.noise.num_levels, self.sampling.eps)
+
     def validate(self, source: str = "<config>") -> "Config":
-        _check(source, "data.dataset", self.data.dataset, ("digits", "mnist", "cifar10", "celeba", "imagefolder", "toy"))
-        _check(source, "model.kind", self.model.kind, ("ncsn", "toy_mlp"))
+        _check(source, "data.dataset", self.data.dataset,
+               ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder", "toy"))
+        _check(source, "model.kind", self.model.kind, ("ncsn", "ncsnv2", "toy_mlp"))
+        for key, value in (("noise.sigma_max", self.noise.sigma_max), ("noise.num_levels", self.noise.num_levels),
+                           ("sampling.eps", self.sampling.eps)):
+            if isinstance(value, str) and value != "auto":
+                raise ConfigError(f"{source}: {key} must be a number or auto; got {value!r}")
         _check(source, "training.loss", self.training.loss, ("dsm", "ssm"))
         _check(source, "sampling.init", self.sampling.init, ("uniform", "gaussian"))
         _check(source, "sampling.precision", self.sampling.precision, ("fp32", "bf16"))
@@ -134,9 +152,10 @@ class Config:
             "sampling.preview_samples": self.sampling.preview_samples,
         }
         for key, value in positive.items():
-            if not value > 0:
+            if value != "auto" and not value > 0:
                 raise ConfigError(f"{source}: {key} must be positive, got {value!r}")
-        if self.noise.num_levels > 1 and not self.noise.sigma_max > self.noise.sigma_min:
+        if (not self.has_auto() and self.noise.num_levels > 1
+                and not self.noise.sigma_max > self.noise.sigma_min):
             raise ConfigError(f"{source}: noise.sigma_max must exceed noise.sigma_min")
         if not 0.0 <= self.training.ema_decay < 1.0:
             raise ConfigError(f"{source}: training.ema_decay must be in [0, 1), got {self.training.ema_decay}")
@@ -256,3 +275,28 @@ def apply_overrides(config: Config, overrides: Iterable[str], source: str = "--s
         else:
             raise ConfigError(f"{source}: unknown key {dotted!r}")
     return config_from_dict(raw, source)
+
+
+def resolve_auto(config: Config, *, max_distance: float | None, dimension: int) -> tuple[Config, dict[str, Any]]:
+    """The config with its ``auto`` values replaced by NCSNv2's rules, and what was chosen.
+
+    ``max_distance``: the largest Euclidean distance between two training images (pixels in
+    [0, 1]); needed only when ``noise.sigma_max`` is ``auto``. ``dimension``: D, the number
+    of values per image (C * H * W).
+    """
+    from .noise import geometric_sigmas, suggest_num_levels, suggest_step_size
+
+    raw = config.to_dict()
+    chosen: dict[str, Any] = {}
+    noise, sampling = raw["noise"], raw["sampling"]
+    if noise["sigma_max"] == "auto":
+        if max_distance is None:
+            raise ConfigError("noise.sigma_max: auto needs the largest distance between training images")
+        noise["sigma_max"] = chosen["noise.sigma_max"] = float(max_distance)
+    if noise["num_levels"] == "auto":
+        noise["num_levels"] = chosen["noise.num_levels"] = suggest_num_levels(
+            noise["sigma_max"], noise["sigma_min"], dimension)
+    if sampling["eps"] == "auto":
+        sigmas = geometric_sigmas(noise["sigma_max"], noise["sigma_min"], noise["num_levels"])
+        sampling["eps"] = chosen["sampling.eps"] = suggest_step_size(sigmas, sampling["steps_per_level"])
+    return config_from_dict(raw, "resolved config"), chosen

@@ -1,4 +1,4 @@
-"""Inpainting with annealed Langevin dynamics (paper Appendix B.3) and mask helpers.
+"""Inpainting with annealed Langevin dynamics (paper Appendix B.3; NCSNv2's variant) and masks.
 
 Mask convention: a boolean tensor broadcastable to the images ``(B, C, H, W)`` where
 ``True`` marks a *known* (observed) pixel and ``False`` a pixel to fill in.
@@ -27,18 +27,24 @@ def annealed_langevin_inpaint(
     known: torch.Tensor,
     mask: torch.Tensor,
     steps_per_level: int = 100,
-    eps: float = 2e-5,
+    eps: float = 4e-5,
+    renoise: str = "level",
     clamp: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Fill in the unknown pixels of ``known`` (Appendix B.3).
+    """Fill in the unknown pixels of ``known`` with annealed Langevin dynamics.
 
-    At each level i the known pixels are set to ``known + sigma_i * z`` (one draw per level,
-    re-imposed after every step) while the unknown pixels follow annealed Langevin dynamics
-    with the same step convention as :func:`ncsn_core.sampling.annealed_langevin`. The
-    result holds the known pixels exactly as given.
+    The unknown pixels follow annealed Langevin dynamics with the same step convention as
+    :func:`ncsn_core.sampling.annealed_langevin`, while the known pixels are held at
+    ``known + sigma_i * z``:
+
+    * ``renoise="level"`` (NCSN, paper Appendix B.3): one draw of z per level, re-imposed
+      after every step;
+    * ``renoise="step"`` (NCSNv2's code): a fresh draw before every step.
+
+    The result holds the known pixels exactly as given.
 
     Args:
         x: initial samples ``(B, C, H, W)`` (only its unknown pixels matter).
@@ -49,22 +55,30 @@ def annealed_langevin_inpaint(
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     if known.shape != x.shape:
         raise ValueError(f"known images {tuple(known.shape)} and samples {tuple(x.shape)} differ in shape")
+    if renoise not in ("level", "step"):
+        raise ValueError(f"renoise must be 'level' or 'step', got {renoise!r}")
     mask = mask.to(x.device).expand_as(x)
     alphas = annealed_step_sizes(sigmas, eps)
     source = noise_source_for(x, generator, noise)
     x = torch.where(mask, known, x)
     batch = x.shape[0]
+    per_step = renoise == "step"
     for level, alpha in enumerate(alphas):
         sigma = float(sigmas[level])
         labels = torch.full((batch,), level, dtype=torch.long, device=x.device)
-        block = source.normal(steps_per_level + 1)
+        # Noise for the level: the known pixels' draw(s), then one draw per Langevin step.
+        draws = steps_per_level if per_step else 1
+        block = source.normal(draws + steps_per_level)
         corrupted = known + sigma * block[0]
         x = torch.where(mask, corrupted, x)
         drift, diffusion = alpha / 2, math.sqrt(alpha)
         for step in range(steps_per_level):
-            x.add_(score_fn(x, labels), alpha=drift).add_(block[step + 1], alpha=diffusion)
+            if per_step:
+                x = torch.where(mask, known + sigma * block[step], x)
+            x.add_(score_fn(x, labels), alpha=drift).add_(block[draws + step], alpha=diffusion)
             clamp_(x, clamp)
-            x = torch.where(mask, corrupted, x)
+            if not per_step:
+                x = torch.where(mask, corrupted, x)
             if callback is not None:
                 callback({"x": x, "level": level, "step": step, "sigma": sigma})
     return torch.where(mask, known, x)

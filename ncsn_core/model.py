@@ -5,6 +5,8 @@
   every noise level; it is conditioned on the level index. Images come in as pixels in
   ``[0, 1]`` and are mapped to ``2x - 1`` inside the network. Like the original NCSN (and
   unlike NCSNv2) the output is *not* divided by sigma.
+* :class:`NCSNv2` is the follow-up's network: the same RefineNet, unconditional, with the
+  output divided by the level's sigma.
 * :class:`ToyScoreMLP` is a small level-conditioned MLP for 2-D toy data.
 
 Both have the signature ``model(x, level) -> score`` with ``score.shape == x.shape`` and
@@ -18,13 +20,13 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .layers import ConditionalInstanceNorm2dPlus, CondRefineBlock, CondResidualBlock, conv3x3
+from .layers import CondRefineBlock, CondResidualBlock, conv3x3, make_norm
 
-__all__ = ["NCSN", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model"]
+__all__ = ["NCSN", "NCSNv2", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model"]
 
 
-class NCSN(nn.Module):
-    """Noise Conditional Score Network, ``CondRefineNetDilated`` of the paper.
+class _RefineNetScore(nn.Module):
+    """The dilated RefineNet both score networks share (layer names as in :class:`NCSN`).
 
     Encoder (channels for width ``ngf``; resolution relative to the input H):
       conv3x3 -> ngf @H
@@ -33,44 +35,38 @@ class NCSN(nn.Module):
       2 residual blocks 2ngf, dilation 2 @H/2
       2 residual blocks 2ngf, dilation 4 @H/2
     Decoder: four RefineNet blocks fusing the encoder stages back up to @H, then
-    norm, ELU, conv3x3 to the input channels.
-
-    Args:
-        channels: image channels (1 for MNIST/digits, 3 for CIFAR-10/CelebA).
-        num_levels: L, the number of noise levels the network is conditioned on.
-        ngf: base width (64 for MNIST, 128 for CIFAR-10 and CelebA in the paper).
-
-    Any image size works (odd sizes are rounded up by the single downsampling step).
+    norm, ELU, conv3x3 to the input channels. ``conditional``: NCSN's level-conditioned
+    norms everywhere and average pooling; otherwise NCSNv2's plain norms in the encoder,
+    no norms in the RefineNet blocks and max pooling.
     """
 
-    def __init__(self, channels: int, num_levels: int, ngf: int = 64):
+    def __init__(self, channels: int, num_levels: int, ngf: int, *, conditional: bool):
         super().__init__()
         if channels < 1 or num_levels < 1 or ngf < 1:
             raise ValueError(f"channels, num_levels and ngf must be positive (got {channels}, {num_levels}, {ngf})")
         self.channels, self.num_levels, self.ngf = channels, num_levels, ngf
         L = num_levels
+        norm = "conditional" if conditional else "plain"
+        refine = {"normalized": conditional, "pool": "avg" if conditional else "max"}
         self.begin_conv = conv3x3(channels, ngf)
-        self.res1 = nn.ModuleList([CondResidualBlock(ngf, ngf, L), CondResidualBlock(ngf, ngf, L)])
-        self.res2 = nn.ModuleList(
-            [CondResidualBlock(ngf, 2 * ngf, L, resample="down"), CondResidualBlock(2 * ngf, 2 * ngf, L)]
-        )
-        self.res3 = nn.ModuleList(
-            [
-                CondResidualBlock(2 * ngf, 2 * ngf, L, resample="down", dilation=2),
-                CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=2),
-            ]
-        )
-        self.res4 = nn.ModuleList(
-            [
-                CondResidualBlock(2 * ngf, 2 * ngf, L, resample="down", dilation=4),
-                CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=4),
-            ]
-        )
-        self.refine4 = CondRefineBlock([2 * ngf], 2 * ngf, L)
-        self.refine3 = CondRefineBlock([2 * ngf, 2 * ngf], 2 * ngf, L)
-        self.refine2 = CondRefineBlock([2 * ngf, 2 * ngf], ngf, L)
-        self.refine1 = CondRefineBlock([ngf, ngf], ngf, L, end=True)
-        self.end_norm = ConditionalInstanceNorm2dPlus(ngf, L)
+        self.res1 = nn.ModuleList([CondResidualBlock(ngf, ngf, L, norm=norm), CondResidualBlock(ngf, ngf, L, norm=norm)])
+        self.res2 = nn.ModuleList([
+            CondResidualBlock(ngf, 2 * ngf, L, resample="down", norm=norm),
+            CondResidualBlock(2 * ngf, 2 * ngf, L, norm=norm),
+        ])
+        self.res3 = nn.ModuleList([
+            CondResidualBlock(2 * ngf, 2 * ngf, L, resample="down", dilation=2, norm=norm),
+            CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=2, norm=norm),
+        ])
+        self.res4 = nn.ModuleList([
+            CondResidualBlock(2 * ngf, 2 * ngf, L, resample="down", dilation=4, norm=norm),
+            CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=4, norm=norm),
+        ])
+        self.refine4 = CondRefineBlock([2 * ngf], 2 * ngf, L, **refine)
+        self.refine3 = CondRefineBlock([2 * ngf, 2 * ngf], 2 * ngf, L, **refine)
+        self.refine2 = CondRefineBlock([2 * ngf, 2 * ngf], ngf, L, **refine)
+        self.refine1 = CondRefineBlock([ngf, ngf], ngf, L, end=True, **refine)
+        self.end_norm = make_norm(norm, ngf, L)
         self.end_conv = conv3x3(ngf, channels)
         self.act = nn.ELU()
 
@@ -80,8 +76,8 @@ class NCSN(nn.Module):
             h = block(h, level)
         return h
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64. Returns ``(B, C, H, W)``."""
+    def refinenet(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, H, W)`` pixels in [0, 1] (mapped to ``2x - 1`` here); ``level``: ``(B,)``."""
         h = self.begin_conv(2.0 * x - 1.0)
         l1 = self._stage(self.res1, h, level)
         l2 = self._stage(self.res2, l1, level)
@@ -92,6 +88,51 @@ class NCSN(nn.Module):
         r2 = self.refine2([l2, r3], level, l2.shape[-2:])
         r1 = self.refine1([l1, r2], level, l1.shape[-2:])
         return self.end_conv(self.act(self.end_norm(r1, level)))
+
+
+class NCSN(_RefineNetScore):
+    """Noise Conditional Score Network, ``CondRefineNetDilated`` of the paper (Appendix A).
+
+    Every norm is conditioned on the noise level (conditional instance norm++); the output
+    is the score itself (not divided by sigma). Numerics as the original code
+    (ermongroup/ncsn): see :mod:`ncsn_core.layers`.
+
+    Args:
+        channels: image channels (1 for MNIST/digits, 3 for CIFAR-10/CelebA).
+        num_levels: L, the number of noise levels the network is conditioned on.
+        ngf: base width (64 for MNIST, 128 for CIFAR-10 and CelebA in the paper).
+
+    Any image size works (odd sizes are rounded up by the single downsampling step).
+    """
+
+    def __init__(self, channels: int, num_levels: int, ngf: int = 64):
+        super().__init__(channels, num_levels, ngf, conditional=True)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64. Returns ``(B, C, H, W)``."""
+        return self.refinenet(x, level)
+
+
+class NCSNv2(_RefineNetScore):
+    """NCSNv2's score network (Song & Ermon 2020, ``NCSNv2`` of ermongroup/ncsnv2, used for
+    32x32 and 64x64 images): the same dilated RefineNet, *unconditional* (plain instance
+    norm++ in the encoder, no norms and max pooling in the RefineNet blocks), and the output
+    divided by the level's sigma (technique 3: ``s(x, sigma) = s(x) / sigma``).
+
+    Args:
+        channels: image channels.
+        sigmas: the noise ladder ``(L,)``, descending; kept as the buffer ``sigmas``.
+        ngf: base width (128 for CIFAR-10 and CelebA in NCSNv2).
+    """
+
+    def __init__(self, channels: int, sigmas: torch.Tensor, ngf: int = 128):
+        super().__init__(channels, int(sigmas.numel()), ngf, conditional=False)
+        self.register_buffer("sigmas", sigmas.detach().clone().to(torch.float32))
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64. Returns ``(B, C, H, W)``."""
+        scale = self.sigmas[level].view(-1, *([1] * (x.ndim - 1)))
+        return self.refinenet(x, level) / scale
 
 
 class ToyScoreMLP(nn.Module):
@@ -135,9 +176,16 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def build_model(config) -> nn.Module:
     """The score network a :class:`ncsn_core.config.Config` describes (on CPU, fp32)."""
+    if config.has_auto():
+        raise ValueError("the config still has auto values: resolve them from the data first (config.resolve_auto)")
     num_levels = config.noise.num_levels
     if config.model.kind == "ncsn":
         return NCSN(config.data.channels, num_levels, config.model.ngf)
+    if config.model.kind == "ncsnv2":
+        from .noise import geometric_sigmas
+
+        sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, num_levels)
+        return NCSNv2(config.data.channels, sigmas, config.model.ngf)
     if config.model.kind == "toy_mlp":
         return ToyScoreMLP(dim=2, num_levels=num_levels, hidden=config.model.hidden, depth=config.model.depth)
     raise ValueError(f"unknown model kind {config.model.kind!r}")

@@ -15,7 +15,16 @@ import math
 
 import torch
 
-__all__ = ["geometric_sigmas", "suggest_sigma_max", "validate_sigmas"]
+__all__ = [
+    "geometric_sigmas",
+    "suggest_sigma_max",
+    "validate_sigmas",
+    "ladder_overlap",
+    "ladder_ratio",
+    "suggest_num_levels",
+    "stationary_variance_gap",
+    "suggest_step_size",
+]
 
 
 def geometric_sigmas(
@@ -87,3 +96,78 @@ def suggest_sigma_max(data: torch.Tensor, *, max_points: int = 4096, generator: 
     for chunk in points.split(1024):
         largest = max(largest, torch.cdist(chunk, points).max().item())
     return largest
+
+
+# --------------------------------------------------------------------------- NCSNv2's rules
+# Song & Ermon, "Improved Techniques for Training Score-Based Generative Models" (NeurIPS
+# 2020), techniques 2 and 4. D is the data dimension (e.g. 64 for 8x8 grey images).
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def ladder_overlap(gamma: float, dimension: int) -> float:
+    """``Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma)``: how much the
+    shells of two neighbouring noise levels overlap for a ratio ``gamma = sigma_{i-1}/sigma_i``
+    (technique 2 asks for about 0.5)."""
+    root = math.sqrt(2.0 * dimension) * (gamma - 1.0)
+    return _normal_cdf(root + 3.0 * gamma) - _normal_cdf(root - 3.0 * gamma)
+
+
+def ladder_ratio(dimension: int, target: float = 0.5) -> float:
+    """The ratio ``gamma > 1`` whose :func:`ladder_overlap` equals ``target`` (bisection)."""
+    lo, hi = 1.0 + 1e-9, 10.0
+    if ladder_overlap(hi, dimension) > target:
+        return hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if ladder_overlap(mid, dimension) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def suggest_num_levels(sigma_max: float, sigma_min: float, dimension: int, target: float = 0.5) -> int:
+    """L for a geometric ladder from ``sigma_max`` to ``sigma_min`` whose ratio keeps
+    :func:`ladder_overlap` at about ``target`` (rounded to the nearest L, at least 2)."""
+    gamma = ladder_ratio(dimension, target)
+    return max(2, int(round(1 + math.log(sigma_max / sigma_min) / math.log(gamma))))
+
+
+def stationary_variance_gap(step: float, sigma_min: float, gamma: float, steps_per_level: int) -> float:
+    """Technique 4's expression for a per-step size ``step`` in the *original code's*
+    convention (``x + step * s + sqrt(2 step) z`` at the last level)::
+
+        (1 - step/sL^2)^(2T) (gamma^2 - 2 step / (sL^2 - sL^2 (1 - step/sL^2)^2))
+            + 2 step / (sL^2 - sL^2 (1 - step/sL^2)^2)
+
+    It is the variance, relative to sigma_L^2, that T steps leave when they start from a
+    sample of the previous level; 1 is ideal and the expression stays above 1."""
+    s2 = sigma_min**2
+    shrink = 1.0 - step / s2
+    stationary = 2.0 * step / (s2 - s2 * shrink**2)
+    return shrink ** (2 * steps_per_level) * (gamma**2 - stationary) + stationary
+
+
+def suggest_step_size(sigmas: torch.Tensor | list[float], steps_per_level: int) -> float:
+    """Technique 4: the step size that brings :func:`stationary_variance_gap` closest to 1 for
+    this ladder and T, **in this project's convention** (Algorithm 1, ``alpha = eps
+    sigma_i^2 / sigma_L^2`` with ``x + alpha/2 s + sqrt(alpha) z``), i.e. twice the value in
+    the original code's ``x + eps s + sqrt(2 eps) z`` form. The expression decreases towards
+    its minimum as the step grows, so the minimiser is found on a fine log grid, refined."""
+    values = [float(v) for v in (sigmas.tolist() if torch.is_tensor(sigmas) else sigmas)]
+    if len(values) < 2:
+        raise ValueError("technique 4 needs a ladder of at least two levels")
+    sigma_min, gamma = values[-1], values[-2] / values[-1]
+    upper = sigma_min**2 * (1 - 1e-9)
+    grid = [upper * 10 ** (-k / 200) for k in range(0, 2400)]
+    best = min(grid, key=lambda e: abs(stationary_variance_gap(e, sigma_min, gamma, steps_per_level) - 1.0))
+    lo, hi = best / 1.03, min(best * 1.03, upper)
+    for _ in range(100):  # golden-section refinement of |gap - 1|
+        a, b = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
+        fa = abs(stationary_variance_gap(a, sigma_min, gamma, steps_per_level) - 1.0)
+        fb = abs(stationary_variance_gap(b, sigma_min, gamma, steps_per_level) - 1.0)
+        lo, hi = (lo, b) if fa < fb else (a, hi)
+    return 2.0 * (lo + hi) / 2

@@ -5,6 +5,21 @@ plain Langevin dynamics and the exact score (1000 steps, step 0.1, initial point
 [-8, 8]^2), (c) with annealed Langevin dynamics and exact perturbed scores. Plain Langevin
 gets the relative mode weights wrong; annealed Langevin recovers 1/5 and 4/5.
 
+Annealed Langevin is run with two ladders, both with the paper's update
+``x + alpha_i/2 s + sqrt(alpha_i) z``, ``alpha_i = eps sigma_i^2 / sigma_L^2`` (Algorithm 1),
+T = 100 steps per level:
+
+* ``paper`` (``jobs/configs/toy.yaml``): the paper's text, sigma 10 -> 0.1 (L = 10), scoring
+  the perturbed mixture exactly (component variance ``1 + sigma^2``). The text's eps = 0.1
+  is unstable here, whatever the convention: alpha_1 = 0.1 * (10 / 0.1)^2 = 1000 exceeds the
+  level-1 stability limit 4 (1 + sigma_1^2) = 404, so the chain diverges; the config uses
+  eps = 0.002.
+* ``original`` (``jobs/configs/toy-original.yaml``): the authors' code
+  (runners/toy_runner.py), sigma 20 -> 1 (L = 10) with eps (their lr) 0.1, scoring each level
+  with component variance ``sigma^2`` instead of ``1 + sigma^2``, so that the last level,
+  sigma = 1, is exactly the data distribution. Its largest step, alpha_1 = 0.1 * 20^2 = 40,
+  is well inside that level's limit 4 sigma_1^2 = 1600.
+
 Fig. 2: scores learned by sliced score matching are accurate only near the modes, where
 data lives; the figure shows the data density with the true scores, and the estimated
 scores over a map of their error.
@@ -13,7 +28,7 @@ scores over a map of their error.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,32 +43,42 @@ from .figures import field_panel, hstack_panels, save_png, scatter_panel
 
 __all__ = ["ToyOptions", "run"]
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "toy.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+DEFAULT_CONFIG = str(CONFIGS / "toy.yaml")
+ORIGINAL_CONFIG = str(CONFIGS / "toy-original.yaml")
 LIM = 8.0
 
 
-def figure3(mixture: GaussianMixture, config, n: int, generator: torch.Generator) -> tuple[dict, list]:
+def annealed(mixture: GaussianMixture, config, start: torch.Tensor, generator: torch.Generator, *,
+             level_variance: str) -> torch.Tensor:
+    """Annealed Langevin with the exact scores of the mixture perturbed at each level of the
+    config's ladder; ``level_variance``: ``"data+sigma"`` (exact: ``1 + sigma^2``) or
+    ``"sigma"`` (the authors' code: ``sigma^2``)."""
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    target = mixture if level_variance == "data+sigma" else replace(mixture, var=0.0)
+    return annealed_langevin(lambda x, level: target.score(x, sigmas[level]), start, sigmas,
+                             steps_per_level=config.sampling.steps_per_level, eps=config.sampling.eps,
+                             generator=generator)
+
+
+def figure3(mixture: GaussianMixture, config, original, n: int, generator: torch.Generator) -> tuple[dict, list]:
     sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
     exact = mixture.sample(n, generator)
     start = initial_samples((n, 2), low=-LIM, high=LIM, generator=generator)
     plain = langevin(lambda x, level: mixture.score(x), start, sigmas, steps=1000, step_size=0.1, generator=generator)
-    annealed = annealed_langevin(
-        lambda x, level: mixture.score(x, sigmas[level]),
-        start,
-        sigmas,
-        steps_per_level=config.sampling.steps_per_level,
-        eps=config.sampling.eps,
-        generator=generator,
-    )
+    paper = annealed(mixture, config, start, generator, level_variance="data+sigma")
+    authors = annealed(mixture, original, start, generator, level_variance="sigma")
     fractions = {
         "exact": lower_left_fraction(exact),
         "langevin": lower_left_fraction(plain),
-        "annealed": lower_left_fraction(annealed),
+        "annealed": lower_left_fraction(paper),
+        "annealed_original": lower_left_fraction(authors),
     }
     panels = [
         scatter_panel(exact, lim=LIM, title=f"(a) exact  lower-left {fractions['exact']:.3f}"),
         scatter_panel(plain, lim=LIM, title=f"(b) Langevin  {fractions['langevin']:.3f}"),
-        scatter_panel(annealed, lim=LIM, title=f"(c) annealed Langevin  {fractions['annealed']:.3f}"),
+        scatter_panel(paper, lim=LIM, title=f"(c) annealed, paper ladder  {fractions['annealed']:.3f}"),
+        scatter_panel(authors, lim=LIM, title=f"(c') annealed, authors' code  {fractions['annealed_original']:.3f}"),
     ]
     return fractions, panels
 
@@ -91,10 +116,12 @@ def figure2(mixture: GaussianMixture, n_steps: int, generator: torch.Generator) 
 
 @dataclass(kw_only=True)
 class ToyOptions:
-    """``config``: the toy YAML; ``out``: folder for the PNG figures; ``n``: samples per
+    """``config``: the toy YAML (the paper's ladder); ``original_config``: the authors' code's
+    ladder; ``out``: folder for the PNG figures; ``n``: samples per
     method; ``ssm_steps``: training steps for Fig. 2; ``seed``: the RNG seed."""
 
     config: str = DEFAULT_CONFIG
+    original_config: str = ORIGINAL_CONFIG
     out: str = "runs/toy"
     n: int = 1280
     ssm_steps: int = 1500
@@ -106,16 +133,18 @@ def run(options: ToyOptions, *, log: Callable[[str], None] = print) -> dict[str,
     if options.n < 10:
         raise UserError(f"n must be at least 10, got {options.n}")
     config = load_config(options.config)
+    original = load_config(options.original_config)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     generator = torch.Generator().manual_seed(options.seed)
     mixture = GaussianMixture()
     started = time.perf_counter()
 
-    fractions, fig3 = figure3(mixture, config, options.n, generator)
+    fractions, fig3 = figure3(mixture, config, original, options.n, generator)
     out = Path(options.out)
     fig3_path = save_png(hstack_panels(fig3), out / "fig3_langevin_vs_annealed.png")
     log(f"Fig. 3: lower-left mode weight exact {fractions['exact']:.3f}, Langevin {fractions['langevin']:.3f}, "
-        f"annealed Langevin {fractions['annealed']:.3f} (true 0.2) -> {fig3_path}")
+        f"annealed Langevin {fractions['annealed']:.3f} (paper's ladder), {fractions['annealed_original']:.3f} "
+        f"(authors' code) (true 0.2) -> {fig3_path}")
     errors, fig2 = figure2(mixture, options.ssm_steps, generator)
     fig2_path = save_png(hstack_panels(fig2), out / "fig2_score_estimation.png")
     log(f"Fig. 2: mean score error near the modes {errors['score_error_near_modes']:.3f}, "

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ncsn_core.config import resolve_auto
 from ncsn_core import (
     EMA,
     CheckpointError,
@@ -123,6 +124,9 @@ def test_ema_follows_the_moving_average():
 def test_every_shipped_config_loads_and_builds(path):
     config = load_config(path)
     assert config.name == path.stem
+    if config.has_auto():  # NCSNv2's auto values are resolved from the data before training
+        config, _ = resolve_auto(config, max_distance=4.8,
+                                 dimension=config.data.channels * config.data.image_size**2)
     model = build_model(config)
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -133,6 +137,10 @@ def test_reproduction_configs_use_the_published_settings():
         assert (c.model.ngf, c.data.random_flip) == (ngf, flip)
         assert (c.noise.sigma_max, c.noise.sigma_min, c.noise.num_levels) == (1.0, 0.01, 10)
         assert (c.training.lr, c.training.batch_size, c.training.steps) == (1e-3, 128, 200_000)
+        # As the paper sampled: the trained weights (no EMA), eps 4e-5 in Algorithm 1's form
+        # (the original code's step_lr 2e-5), T = 100, no final denoising.
+        assert (c.sampling.ema, c.sampling.eps, c.sampling.steps_per_level, c.sampling.final_denoise) == (
+            False, 4e-5, 100, False)
         # The original code's step_lr 2e-5 in x + a s + sqrt(2a) z is eps 4e-5 in the paper's form.
         assert (c.sampling.steps_per_level, c.sampling.eps, c.sampling.init) == (100, 4e-5, "uniform")
 

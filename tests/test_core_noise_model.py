@@ -124,3 +124,33 @@ def test_compiled_score_fn_matches_eager_on_cpu():
     assert not [w for w in caught if "torch.compile failed" in str(w.message)], "fell back to eager"
     assert compiled.shape == eager.shape
     assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+def test_cin_plus_normalises_channel_means_with_their_unbiased_variance():
+    """Hand-computed: constant channels 0, 1, 2 have means [0, 1, 2], m = 1 and unbiased
+    variance 1, so with gamma = alpha = 1 and beta = 0 the output channels are the constants
+    (mu - m) / sqrt(1 + 1e-5) = [-1, 0, 1] / 1.000005 (the biased variance 2/3 would give
+    +-1.2247); instance norm of a constant channel is 0."""
+    from ncsn_core.layers import ConditionalInstanceNorm2dPlus
+
+    norm = ConditionalInstanceNorm2dPlus(3, num_levels=1)
+    with torch.no_grad():
+        norm.embed.weight.copy_(torch.tensor([[1.0] * 6 + [0.0] * 3]))
+    x = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    out = norm(x, torch.zeros(1, dtype=torch.long))
+    expected = torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(1 + 1e-5)
+    assert torch.allclose(out[0, :, 0, 0], expected, atol=1e-6)
+    assert torch.allclose(out, expected.view(1, 3, 1, 1).expand_as(out), atol=1e-6)
+
+
+def test_chained_residual_pooling_counts_the_zero_padding_at_borders():
+    """Hand-computed: the 5x5 average of a field of ones is 1 inside, 9/25 in a corner (3x3 of
+    the 25 taps are inside) and 15/25 at the middle of an edge (3x5), as the original's
+    nn.AvgPool2d(5, stride=1, padding=2); excluding the padding would give 1 everywhere."""
+    from ncsn_core.layers import CondCRPBlock
+
+    pool = CondCRPBlock(2, n_stages=2, num_levels=1).pool
+    out = pool(torch.ones(1, 1, 7, 7))[0, 0]
+    assert out[3, 3].item() == pytest.approx(1.0)
+    assert out[0, 0].item() == pytest.approx(9 / 25)
+    assert out[0, 3].item() == pytest.approx(15 / 25)
