@@ -49,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, help="seeds (generate) or images (inpaint) per shard (default: about "
                         "n/8, a whole number of batches, at most 1000 seeds or 100 images)")
     parser.add_argument("--steps-per-level", type=int, help="override the checkpoint's T (quick looks)")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="sample with the EMA weights when the checkpoint has them (default: on)")
+    parser.add_argument("--trajectory", type=int, default=0, metavar="K",
+                        help="generate: also draw _annealing.png, the first 8 samples forming over K frames from "
+                        "noise to image (paper Fig. 4)")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="sample with the EMA weights when the checkpoint has them (default: the config's "
+                        "sampling.ema: off in the paper configs, as the paper sampled, on in digits)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
                         help="override the checkpoint's sampling settings, e.g. sampling.eps=2e-5, "
                              "sampling.final_denoise=true, sampling.precision=bf16, sampling.compile=true (repeatable)")
@@ -67,9 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "KNOWN (default: %(default)s)")
     inpaint.add_argument("--samples-per-image", type=int, default=4, help="inpaintings per image, K (default: %(default)s)")
     inpaint.add_argument("--limit", type=int, help="inpaint only the first M images")
+    inpaint.add_argument("--renoise", choices=("level", "step"), default="level",
+                         help="fresh noise on the known pixels once per level (NCSN, default) or before every step "
+                         "(NCSNv2)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     parser.add_argument("--fail-after-shards", type=int, help=argparse.SUPPRESS)  # testing: actors fail mid-run
+    parser.add_argument("--exit-once-after-shards", type=int, help=argparse.SUPPRESS)  # testing: an actor dies once
     return parser
 
 
@@ -91,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.seed < 0:
         parser.error(f"--seed must be non-negative, got {args.seed}")
+    if args.trajectory == 1 or args.trajectory < 0:
+        parser.error(f"--trajectory needs at least 2 frames, got {args.trajectory}")
     if args.samples_per_image < 1:
         parser.error(f"--samples-per-image must be at least 1, got {args.samples_per_image}")
     if (args.min_actors is None) != (args.max_actors is None):
@@ -109,12 +119,13 @@ def options_from(args: argparse.Namespace):
         checkpoint=args.checkpoint, out=args.out, seed=args.seed, batch_size=args.batch_size,
         shard_size=args.shard_size, steps_per_level=args.steps_per_level, use_ema=args.ema,
         overrides=args.overrides, endpoint_url=args.s3_endpoint, fail_after_shards=args.fail_after_shards,
+        exit_once_after_shards=args.exit_once_after_shards,
         actors=ActorPlan(args.num_actors, args.min_actors, args.max_actors, args.use_gpu, args.cpus_per_actor),
     )
     if args.mode == "generate":
-        return GenerateOptions(n=args.n, **common)
+        return GenerateOptions(n=args.n, trajectory=args.trajectory, **common)
     return InpaintOptions(data=args.data, mask=args.mask, samples_per_image=args.samples_per_image, limit=args.limit,
-                          **common)
+                          renoise=args.renoise, **common)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
     p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
                    help="PACK workers onto few nodes (default) or SPREAD them across nodes")
+    p.add_argument("--allow-config-change", action="store_true", help="resume a run with other learning settings "
+                   "(lr, batch size, loss, ...) than its checkpoint's; recorded in metrics.jsonl")
     p.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO lines")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--inject-failure-at-step", type=int, default=-1, help=argparse.SUPPRESS)
@@ -81,6 +83,7 @@ def options_from(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, overrides=args.overrides, max_failures=args.max_failures,
         data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,
         placement_strategy=args.placement_strategy, verbose=args.verbose,
+        allow_config_change=args.allow_config_change,
         inject_failure_at_step=args.inject_failure_at_step, rank_digests=args.debug_rank_digests,
     )
 

@@ -33,6 +33,9 @@ __all__ = [
     "load_checkpoint_uri",
     "pin_checkpoint",
     "load_pinned",
+    "newest_valid_checkpoint",
+    "ResumePoint",
+    "set_aside",
 ]
 
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_")
@@ -82,6 +85,52 @@ def load_checkpoint_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[C
     """Load (and verify) the checkpoint a URI names; returns it and the file's URI."""
     data, location = read_checkpoint_bytes(uri, endpoint_url=endpoint_url)
     return load_checkpoint(data, name=location.uri), location.uri
+
+
+@dataclass
+class ResumePoint:
+    """Where a run resumes: the newest checkpoint that verifies (None if there is none) and
+    the newer ones that did not, as ``(folder URI, why)``."""
+
+    checkpoint: Checkpoint | None
+    uri: str | None
+    corrupt: list[tuple[str, str]]
+
+
+# Ray Train's record of the checkpoints it registered in a run folder. It names every folder
+# it knows and refuses to start when one is missing, so it goes when a folder is set aside.
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def set_aside(run: Storage, name: str) -> str:
+    """Move checkpoint folder ``name`` to ``corrupt-<name>`` (kept for inspection, no longer
+    a checkpoint a run resumes from or overwrites); returns the new folder's URI.
+
+    Ray Train's snapshot of the run's checkpoints is deleted with it: the job resumes from the
+    checkpoint it chooses itself (``resume_uri``), and Ray starts a new record. The cost: the
+    checkpoints written before are no longer pruned by ``keep_checkpoints``."""
+    target = f"corrupt-{name}"
+    for rel in run.list(name, recursive=True):
+        if run.is_file(f"{name}/{rel}"):
+            run.write_bytes(f"{target}/{rel}", run.read_bytes(f"{name}/{rel}"))
+    run.delete(name)
+    if run.exists(RAY_TRAIN_SNAPSHOT):
+        run.delete(RAY_TRAIN_SNAPSHOT)
+    return run.uri_of(target)
+
+
+def newest_valid_checkpoint(run: Storage) -> ResumePoint:
+    """Load the run folder's checkpoints from the newest down until one verifies. Corrupt
+    ones are reported, not touched; a run with none at all gives an empty point."""
+    corrupt: list[tuple[str, str]] = []
+    for _, name in reversed(list_checkpoints(run)):
+        folder = run.child(name)
+        try:
+            data = folder.read_bytes(CHECKPOINT_FILE)
+            return ResumePoint(load_checkpoint(data, name=folder.uri_of(CHECKPOINT_FILE)), folder.uri, corrupt)
+        except (CheckpointError, StorageError) as err:
+            corrupt.append((folder.uri, str(err)))
+    return ResumePoint(None, None, corrupt)
 
 
 @dataclass(frozen=True)

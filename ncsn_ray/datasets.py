@@ -43,6 +43,11 @@ __all__ = [
     "read_manifest",
     "decode_images",
     "encode_rows",
+    "verify_shards",
+    "check_shard_name",
+    "max_pairwise_distance",
+    "dataset_max_distance",
+    "MAX_DISTANCE_ROWS",
 ]
 
 MANIFEST_NAME = MANIFEST
@@ -82,6 +87,8 @@ class DatasetManifest:
             raise DatasetError(f"{uri}: {MANIFEST_NAME} is not an ncsn dataset manifest")
         try:
             shards = [ShardInfo(**s) for s in raw["shards"]]
+            for shard in shards:
+                check_shard_name(shard.path, uri)
             return cls(
                 name=str(raw["name"]),
                 height=int(raw["height"]),
@@ -97,6 +104,27 @@ class DatasetManifest:
     def shard_paths(self, storage: Storage) -> list[str]:
         """Filesystem paths of the shards (for ``ray.data.read_parquet(..., filesystem=storage.fs)``)."""
         return [storage.full(s.path) for s in self.shards]
+
+
+def check_shard_name(name: Any, uri: str) -> str:
+    """A shard name from a manifest must name a file directly in the folder: no ``/``,
+    ``\\``, ``..`` or absolute path (a manifest must not send readers elsewhere)."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or name.startswith("..") or ":" in name):
+        raise DatasetError(f"{uri}: the manifest names a shard outside the folder ({name!r}); refusing it")
+    return name
+
+
+def verify_shards(storage: Storage, manifest: "DatasetManifest") -> None:
+    """Every shard the manifest lists is there and holds the rows it says (Parquet footers
+    only); :class:`DatasetError` names the first that is missing or damaged."""
+    for shard in manifest.shards:
+        try:
+            rows = storage.parquet_num_rows(shard.path)
+        except UserError as err:
+            raise DatasetError(f"{storage.uri}: shard {shard.path} is missing or unreadable ({err})") from err
+        if rows != shard.num_rows:
+            raise DatasetError(f"{storage.uri}: shard {shard.path} holds {rows} rows, the manifest says {shard.num_rows}")
 
 
 def shard_name(index: int) -> str:
@@ -132,6 +160,39 @@ def read_manifest(storage: Storage) -> DatasetManifest:
 def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:
     """PNG bytes -> ``(N, H, W, C)`` uint8."""
     return np.stack([decode_png(b, channels) for b in png_column])
+
+
+MAX_DISTANCE_ROWS = 4096  # above this many images the largest distance is taken over a subset
+
+
+def max_pairwise_distance(flat: np.ndarray) -> float:
+    """The largest Euclidean distance between two rows of ``flat`` ``(N, D)`` (exact, chunked)."""
+    flat = np.asarray(flat, dtype=np.float64)
+    norms = (flat**2).sum(1)
+    largest = 0.0
+    for start in range(0, len(flat), 512):
+        block = flat[start : start + 512]
+        sq = norms[start : start + 512, None] + norms[None, :] - 2 * block @ flat.T
+        largest = max(largest, float(np.sqrt(max(sq.max(), 0.0))))
+    return largest
+
+
+def dataset_max_distance(storage: Storage, manifest: DatasetManifest) -> tuple[float, int]:
+    """``(largest distance between two images, images it was taken over)``, pixels in [0, 1]:
+    the value the preparation recorded in the manifest, else computed from the first
+    :data:`MAX_DISTANCE_ROWS` images of the shards (exact for smaller datasets)."""
+    recorded = manifest.source.get("max_pairwise_distance")
+    if isinstance(recorded, (int, float)):
+        return float(recorded), int(manifest.source.get("max_pairwise_distance_rows", manifest.num_rows))
+    parts, have = [], 0
+    for table in iter_tables(storage, manifest):
+        images = decode_images(table.column("image").to_pylist()[: MAX_DISTANCE_ROWS - have], manifest.channels)
+        parts.append(images.reshape(len(images), -1) / 255.0)
+        have += len(images)
+        if have >= MAX_DISTANCE_ROWS:
+            break
+    flat = np.concatenate(parts)
+    return max_pairwise_distance(flat), len(flat)
 
 
 def iter_tables(storage: Storage, manifest: DatasetManifest) -> Iterator[pa.Table]:

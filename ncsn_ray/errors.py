@@ -22,6 +22,7 @@ come out whether the error happened in the driver or on a worker.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable
@@ -133,7 +134,10 @@ def exit_code(err: BaseException) -> int:
 
 
 def _one_line(err: BaseException) -> str:
+    """``err``'s message without the retry advice Ray Data appends on new lines to an
+    exception raised in a task ("Failed to ... after 1/1 attempts ...")."""
     text = str(err).strip()
+    text = re.split(r"\nFailed to .* after \d+/\d+ attempts", text, maxsplit=1)[0].strip()
     return text if text else type(err).__name__
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .figures import decode_png, image_grid
-from .layout import GRID, default_samples_uri
+from .layout import GRID, STRIP, default_samples_uri
 from .sample_actors import GenerateShards
 from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
 from .samples import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units, recorded_identity
@@ -32,9 +32,12 @@ SHARDS_PER_ACTOR = 4  # default shard size: about this many shards per planned a
 
 @dataclass(kw_only=True)
 class GenerateOptions(SamplingOptions):
-    """Options of ``jobs/generate.py`` (generation mode): ``n`` samples, plus the shared ones."""
+    """Options of ``jobs/generate.py`` (generation mode): ``n`` samples, plus the shared ones.
+    ``trajectory`` K > 0 also draws ``_annealing.png``: the first 8 samples forming over K
+    frames (paper Fig. 4)."""
 
     n: int
+    trajectory: int = 0
 
 
 def default_shard_size(n: int, batch_size: int, actors: int) -> int:
@@ -72,6 +75,8 @@ def run(options: GenerateOptions, *, log: Callable[[str], None] = print) -> dict
     """
     if options.n < 1:
         raise UserError(f"the number of samples must be at least 1, got {options.n}")
+    if options.trajectory == 1 or options.trajectory < 0:
+        raise UserError(f"an annealing strip needs at least 2 frames, got {options.trajectory}")
     setup = resolve_sampling(options)
     out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri), endpoint_url=setup.endpoint_url)
     recorded = recorded_identity(out) or {}
@@ -97,13 +102,15 @@ def run(options: GenerateOptions, *, log: Callable[[str], None] = print) -> dict
         total=options.n,
         unit_label="samples",
         actor_cls=GenerateShards,
-        actor_kwargs=actor_kwargs(setup, out, options),
+        actor_kwargs={**actor_kwargs(setup, out, options), "strip_frames": options.trajectory,
+                      "first_seed": options.seed},
         start_line=(
             f"checkpoint {setup.pinned.uri} (step {setup.pinned.step}, sha256 {setup.pinned.sha256[:12]}), "
             f"{options.n} samples of {setup.image_shape} into {out.uri}; T={s.steps_per_level}, eps={s.eps:g}, "
             f"batch {setup.batch_size}, {len(units)} shard(s) of {shard_size}"
         ),
-        write_figures=lambda folder, all_units: write_grid(folder, all_units, setup.image_shape[0]),
+        write_figures=lambda folder, all_units: {**write_grid(folder, all_units, setup.image_shape[0]),
+                                                 **({"annealing": STRIP} if folder.exists(STRIP) else {})},
         manifest_extra=manifest_extra(setup),
     )
     return execute(job, setup, options.actors, log=log)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .datasets import read_manifest
+from .datasets import read_manifest, verify_shards
 from .errors import UserError
 from .figures import decode_png, image_grid
 from .generate import figure_scale
@@ -36,12 +36,14 @@ TARGET_SHARDS = 8
 class InpaintOptions(SamplingOptions):
     """``data``: a prepared dataset URI; ``mask``: ``half``, ``center``, ``random`` or the URI
     of a PNG whose non-zero pixels are known; ``samples_per_image``: K; ``limit``: inpaint
-    only the first M images."""
+    only the first M images; ``renoise``: when the known pixels get fresh noise, once per
+    level (NCSN) or before every step (NCSNv2)."""
 
     data: str
     mask: str = "half"
     samples_per_image: int = 4
     limit: int | None = None
+    renoise: str = "level"  # "level": NCSN (Appendix B.3); "step": NCSNv2's code
 
 
 def _mask_spec(mask: str, height: int, width: int, endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,9 +70,12 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         raise UserError(f"samples per image must be at least 1, got {options.samples_per_image}")
     if options.limit is not None and options.limit < 1:
         raise UserError(f"the image limit must be at least 1, got {options.limit}")
+    if options.renoise not in ("level", "step"):
+        raise UserError(f"renoise must be level or step, got {options.renoise!r}")
     setup = resolve_sampling(options)
     data = Storage.from_uri(options.data, endpoint_url=setup.endpoint_url)
     dataset = read_manifest(data)
+    verify_shards(data, dataset)
     c, h, w = setup.image_shape
     if (dataset.channels, dataset.height, dataset.width) != setup.image_shape:
         raise UserError(
@@ -93,6 +98,7 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         "images": total,
         "samples_per_image": options.samples_per_image,
         "mask": mask_identity,
+        **({"renoise": options.renoise} if options.renoise != "level" else {}),  # sets before the option: level
         "seed": options.seed,
         "batch_size": setup.batch_size,
         "shard_size": shard_size,
@@ -101,7 +107,7 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
     info = {**job_info(setup, options.actors), "data_uri": data.uri,
             "mask_uri": None if options.mask in MASK_KINDS else options.mask}
     kwargs = {**actor_kwargs(setup, out, options), "data_uri": data.uri, "data_shards": shards, "mask": mask_arg,
-              "samples_per_image": options.samples_per_image, "seed": options.seed}
+              "samples_per_image": options.samples_per_image, "seed": options.seed, "renoise": options.renoise}
     job = SampleJob(
         kind="inpaint",
         out=out,

@@ -39,11 +39,13 @@ import pyarrow.parquet as pq
 
 from .datasets import (
     MANIFEST_NAME,
+    MAX_DISTANCE_ROWS,
     SCHEMA,
     DatasetError,
     DatasetManifest,
     ShardInfo,
     encode_rows,
+    max_pairwise_distance,
     read_manifest,
     shard_name,
     write_manifest,
@@ -227,6 +229,8 @@ def prepare_dataset(
             storage.delete(name)
             log(f"deleted {name}: left over from an earlier run with other shard sizes")
 
+    distance, over = _largest_distance(source, num_rows)
+    log(f"largest distance between two images: {distance:.4g} (over {over} of {num_rows}; NCSNv2's sigma_1)")
     manifest = DatasetManifest(
         name=spec.name,
         height=spec.height,
@@ -234,7 +238,8 @@ def prepare_dataset(
         channels=spec.channels,
         num_rows=num_rows,
         shards=shards,
-        source={**spec.details, **spec.identity, "shard_size": shard_size},
+        source={**spec.details, **spec.identity, "shard_size": shard_size, "max_pairwise_distance": distance,
+                "max_pairwise_distance_rows": over},
     )
     write_manifest(storage, manifest)
     elapsed = time.perf_counter() - t0
@@ -243,6 +248,19 @@ def prepare_dataset(
         f"({num_shards - kept} written, {kept} kept) in {elapsed:.1f} s -> {shown}/{MANIFEST_NAME}"
     )
     return manifest
+
+
+def _largest_distance(source, num_rows: int) -> tuple[float, int]:
+    """The largest distance between two images (pixels in [0, 1]): exact up to
+    :data:`MAX_DISTANCE_ROWS` images, else over that many rows drawn at random (seed 0), a
+    lower bound of the true value. Returns the distance and the number of images used."""
+    if num_rows <= MAX_DISTANCE_ROWS:
+        images, _ = source.read(0, num_rows)
+    else:
+        rows = np.sort(np.random.default_rng(0).choice(num_rows, MAX_DISTANCE_ROWS, replace=False))
+        images = np.concatenate([source.read(int(r), int(r) + 1)[0] for r in rows])
+    flat = images.reshape(len(images), -1) / 255.0
+    return max_pairwise_distance(flat), len(flat)
 
 
 def ensure_prepared(

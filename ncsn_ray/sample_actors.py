@@ -20,7 +20,9 @@ import torch
 from .checkpoints import PinnedCheckpoint, load_pinned
 from .datasets import SCHEMA as DATASET_SCHEMA
 from .errors import JobFailed, NcsnError, UserError
-from .figures import decode_png, png_bytes, to_uint8
+from .figures import decode_png, image_grid, png_bytes, to_uint8
+from .layout import STRIP
+from .raycluster import fake_gpus
 from .sampler import Sampler, SamplerSettings, image_mask, inpaint_seed
 from .samples import GENERATE_SCHEMA, INPAINT_SCHEMA
 from .storage import Storage
@@ -28,13 +30,16 @@ from .storage import Storage
 __all__ = ["GenerateShards", "InpaintShards", "OCCLUDED_FILL"]
 
 OCCLUDED_FILL = 0.5  # unknown pixels are shown mid-grey in the occluded images
+EXIT_MARKER = ".injected-exit-done"  # tests only: the actor process was killed once
 
 
 def _device(use_gpu: bool) -> torch.device:
     if use_gpu:
-        if not torch.cuda.is_available():
-            raise UserError("use_gpu is set but this worker sees no CUDA device")
-        return torch.device("cuda")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if fake_gpus():  # tests on a simulated cluster: the GPU this actor reserved is not real
+            return torch.device("cpu")
+        raise UserError("use_gpu is set but this worker sees no CUDA device")
     return torch.device("cpu")
 
 
@@ -48,7 +53,7 @@ class _ShardActor:
 
     def __init__(self, *, checkpoint: dict[str, Any], settings: dict[str, Any], batch_size: int, out_uri: str,
                  endpoint_url: str | None, use_gpu: bool, threads: int, board: Any = None,
-                 fail_after_shards: int | None = None):
+                 fail_after_shards: int | None = None, exit_once_after_shards: int | None = None):
         if not use_gpu:
             torch.set_num_threads(max(1, threads))
         pinned = PinnedCheckpoint(**checkpoint)
@@ -59,6 +64,7 @@ class _ShardActor:
         self.endpoint_url = endpoint_url
         self.board = board
         self.fail_after_shards = fail_after_shards
+        self.exit_once_after_shards = exit_once_after_shards
         self.shards_written = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,6 +103,10 @@ class _ShardActor:
         self.shards_written += 1
         if self.fail_after_shards is not None and self.shards_written >= self.fail_after_shards:
             raise RuntimeError(f"injected failure after {self.shards_written} shard(s) (testing)")
+        if (self.exit_once_after_shards is not None and self.shards_written >= self.exit_once_after_shards
+                and not self.out.exists(EXIT_MARKER)):
+            self.out.write_bytes(EXIT_MARKER, b"1")  # once per job: the restarted actor carries on
+            os._exit(1)
         return {
             "name": np.array([name]),
             "count": np.array([count], dtype=np.int64),
@@ -106,14 +116,32 @@ class _ShardActor:
 
 
 class GenerateShards(_ShardActor):
-    """One seed range (``first``..``last`` inclusive) in, one shard of (seed, PNG) rows out."""
+    """One seed range (``first``..``last`` inclusive) in, one shard of (seed, PNG) rows out.
+
+    With ``strip_frames`` K > 0, the actor that computes the job's first batch also draws
+    the annealing strip (paper Fig. 4) of its first ``strip_rows`` seeds into ``_annealing.png``:
+    one row per seed, K frames from the initial noise to the final sample.
+    """
+
+    def __init__(self, *, strip_frames: int = 0, strip_rows: int = 8, first_seed: int = 0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.strip_frames, self.strip_rows, self.first_seed = strip_frames, strip_rows, first_seed
+
+    def _sample(self, b: int, chunk: list[int], on_level) -> np.ndarray:
+        if not (self.strip_frames and chunk[0] == self.first_seed):
+            return self.sampler.sample(chunk, on_level=on_level)
+        images, frames = self.sampler.sample_with_frames(chunk, self.strip_frames, on_level=on_level)
+        rows = frames[:, : self.strip_rows].transpose(1, 0, 2, 3, 4)  # (rows, K, H, W, C)
+        tiles = rows.reshape(-1, *rows.shape[2:])
+        self.out.write_png(STRIP, image_grid(tiles, nrow=self.strip_frames, scale=max(1, 48 // tiles.shape[1])))
+        return images
 
     def compute(self, name: str, start: int, stop: int, first: int, last: int) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         seeds = list(range(first, last + 1))
         chunks = _chunks(seeds, self.batch_size)
         progress = self._progress(name, len(chunks))
-        images = [img for b, chunk in enumerate(chunks) for img in self.sampler.sample(chunk, on_level=progress(b))]
+        images = [img for b, chunk in enumerate(chunks) for img in self._sample(b, chunk, progress(b))]
         table = pa.table(
             {"seed": pa.array(seeds, pa.int64()), "image": pa.array([png_bytes(i) for i in images], pa.binary())},
             schema=GENERATE_SCHEMA,
@@ -128,8 +156,9 @@ class InpaintShards(_ShardActor):
     original. Each (image id, k) has its own seed (:func:`~ncsn_ray.sampler.inpaint_seed`)."""
 
     def __init__(self, *, data_uri: str, data_shards: list[dict[str, Any]], mask: dict[str, Any],
-                 samples_per_image: int, seed: int, **kwargs: Any):
+                 samples_per_image: int, seed: int, renoise: str = "level", **kwargs: Any):
         super().__init__(**kwargs)
+        self.renoise = renoise
         self.data = Storage.from_uri(data_uri, endpoint_url=self.endpoint_url)
         self.data_shards = data_shards
         self.offsets = np.cumsum([0] + [s["num_rows"] for s in data_shards])
@@ -171,7 +200,8 @@ class InpaintShards(_ShardActor):
         for b, chunk in enumerate(chunks):
             rows = [r for r, _ in chunk]
             seeds = [inpaint_seed(self.seed, ids[r], k) for r, k in chunk]
-            images = self.sampler.inpaint(seeds, originals[rows], masks[rows], on_level=progress(b))
+            images = self.sampler.inpaint(seeds, originals[rows], masks[rows], renoise=self.renoise,
+                                          on_level=progress(b))
             results.update(zip(chunk, images))
         occluded = torch.where(masks, originals, torch.full_like(originals, OCCLUDED_FILL))
         mask_u8 = to_uint8(masks[:, :1].float())

@@ -18,14 +18,15 @@ from typing import Any, Callable
 import torch
 
 from ncsn_core.checkpoint import Checkpoint
+from ncsn_core.config import resolve_auto
 
 from .checkpoints import PinnedCheckpoint, pin_checkpoint
-from .errors import UserError
+from .errors import JobFailed, UserError
 from .layout import default_run_uri
 from .sample_pipeline import ActorPlan, Progress, run_pipeline
 from .sampler import SamplerSettings, override_sampling
 from .samples import WorkUnit, finished_units, make_job_spec, open_sample_set, write_manifest
-from .storage import Storage, endpoint_from_env, utc_timestamp
+from .storage import Storage, StorageError, endpoint_from_env, utc_timestamp
 
 __all__ = ["SamplingOptions", "SamplingSetup", "SampleJob", "resolve_sampling", "execute", "LOG_PREFIX"]
 
@@ -51,11 +52,12 @@ class SamplingOptions:
     batch_size: int | None = None
     shard_size: int | None = None
     steps_per_level: int | None = None
-    use_ema: bool = True
+    use_ema: bool | None = None  # None: the config's sampling.ema
     overrides: list[str] = field(default_factory=list)
     actors: ActorPlan = field(default_factory=ActorPlan)
     endpoint_url: str | None = None
     fail_after_shards: int | None = None
+    exit_once_after_shards: int | None = None  # tests: an actor process exits once after this many shards
 
 
 @dataclass
@@ -112,11 +114,13 @@ def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
         raise UserError(f"{pinned.uri}: a toy model; sampling jobs need an image model")
     config = override_sampling(checkpoint.config, options.overrides, steps_per_level=options.steps_per_level)
     data = checkpoint.config.data
+    if config.has_auto():  # sampling.eps=auto: technique 4 for the checkpoint's ladder and this T
+        config, _ = resolve_auto(config, max_distance=None, dimension=data.channels * data.image_size**2)
     return SamplingSetup(
         checkpoint_uri=checkpoint_uri,
         checkpoint=checkpoint,
         pinned=pinned,
-        settings=SamplerSettings.from_config(config, use_ema=options.use_ema),
+        settings=SamplerSettings.from_config(config, use_ema=options.use_ema),  # None: sampling.ema
         batch_size=options.batch_size or config.sampling.batch_size,
         image_shape=(data.channels, data.image_size, data.image_size),
         endpoint_url=endpoint,
@@ -149,6 +153,7 @@ def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -
         "use_gpu": options.actors.use_gpu,
         "threads": options.actors.threads_per_actor,
         "fail_after_shards": options.fail_after_shards,
+        "exit_once_after_shards": options.exit_once_after_shards,
     }
 
 
@@ -173,13 +178,17 @@ def execute(job: SampleJob, setup: SamplingSetup, plan: ActorPlan, *, log: Log =
     log(f"{LOG_PREFIX} {job.start_line}{resuming}")
     started = time.perf_counter()
     stats: dict[str, Any] = {}
-    if pending:
-        progress = Progress(job.total, sum(u.count for u in job.units if u.name in done), job.unit_label, log, LOG_PREFIX)
-        run_pipeline(job.actor_cls, job.actor_kwargs, pending, plan, progress, log)
-        stats = progress.stats()
-    extra = job.write_figures(job.out, job.units)
-    manifest = write_manifest(job.out, spec, job.units, image_shape=setup.image_shape,
-                              extra={**extra, **job.manifest_extra})
+    try:
+        if pending:
+            progress = Progress(job.total, sum(u.count for u in job.units if u.name in done), job.unit_label, log,
+                                LOG_PREFIX)
+            run_pipeline(job.actor_cls, job.actor_kwargs, pending, plan, progress, log)
+            stats = progress.stats()
+        extra = job.write_figures(job.out, job.units)
+        manifest = write_manifest(job.out, spec, job.units, image_shape=setup.image_shape,
+                                  extra={**extra, **job.manifest_extra})
+    except StorageError as err:  # storage failed once the work had started: resumable, not bad input
+        raise JobFailed(f"{err}; finished shards are kept, re-run the same command to resume") from err
     seconds = time.perf_counter() - started
     log(f"{LOG_PREFIX} done: {manifest['count']} {job.unit_label} in {job.out.uri} ({seconds:.1f} s this run); "
         "manifest written")

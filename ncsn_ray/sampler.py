@@ -36,7 +36,7 @@ from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import Config
 from ncsn_core.inpainting import MASK_KINDS
 
-from .errors import UserError
+from .errors import JobFailed, UserError
 from .figures import image_grid, to_uint8
 from .storage import Storage, StorageError
 
@@ -50,10 +50,27 @@ __all__ = [
     "load_mask_file",
     "MASK_KINDS",
     "preview_grid",
+    "NonFiniteSamplesError",
 ]
 
 # (levels done, levels in all) after each level of annealing: progress reporting.
 LevelCallback = Callable[[int, int], None]
+
+
+class NonFiniteSamplesError(JobFailed):
+    """Sampling produced NaN or infinite pixels (the step size is too large for the network,
+    or the weights are broken); the message names the seeds. Nothing is written for them."""
+
+
+def check_finite(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """``x`` ``(B, ...)`` if every value is finite, else :class:`NonFiniteSamplesError`."""
+    bad = ~torch.isfinite(x.reshape(len(seeds), -1)).all(dim=1)
+    if bool(bad.any()):
+        names = [seeds[i] for i in torch.nonzero(bad).flatten().tolist()]
+        shown = ", ".join(str(s) for s in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise NonFiniteSamplesError(f"non-finite samples for seed(s) {shown}: lower sampling.eps or check the "
+                                    "checkpoint; nothing was written for them")
+    return x
 
 
 @dataclass(frozen=True)
@@ -81,9 +98,11 @@ class SamplerSettings:
         return asdict(self)
 
     @classmethod
-    def from_config(cls, config: Config, *, use_ema: bool = True) -> "SamplerSettings":
+    def from_config(cls, config: Config, *, use_ema: bool | None = None) -> "SamplerSettings":
+        """The config's sampling section; ``use_ema`` None takes ``sampling.ema``."""
         s = config.sampling
-        return cls(s.steps_per_level, s.eps, s.init, s.final_denoise, s.clamp, s.precision, s.compile, use_ema)
+        ema = s.ema if use_ema is None else use_ema
+        return cls(s.steps_per_level, s.eps, s.init, s.final_denoise, s.clamp, s.precision, s.compile, ema)
 
     def with_steps(self, steps_per_level: int) -> "SamplerSettings":
         """The same total drift in fewer (or more) steps per level: ``eps`` scaled by T/T'."""
@@ -157,16 +176,46 @@ class Sampler:
                                  callback=self._level_callback(on_level))
 
     def sample(self, seeds: list[int], *, on_level: LevelCallback | None = None) -> np.ndarray:
-        return to_uint8(self.sample_float(seeds, on_level=on_level))
+        """``(B, H, W, C)`` uint8; :class:`NonFiniteSamplesError` if any pixel is not finite."""
+        return to_uint8(check_finite(self.sample_float(seeds, on_level=on_level), seeds))
 
-    def inpaint(self, seeds: list[int], known: torch.Tensor, mask: torch.Tensor, *,
+    def sample_with_frames(self, seeds: list[int], frames: int, *,
+                           on_level: LevelCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(images (B, H, W, C), frames (K, B, H, W, C))`` uint8: the same samples as
+        :meth:`sample`, and ``K = frames`` snapshots of them forming (paper Fig. 4): the
+        initial samples, ``K - 2`` states evenly spaced over the ``L x T`` Langevin steps, and
+        the final samples."""
+        if frames < 2:
+            raise ValueError(f"a strip needs at least 2 frames, got {frames}")
+        x0, noise = self._start(seeds)
+        s, levels = self.settings, len(self.sigmas)
+        total = levels * s.steps_per_level
+        wanted = {round(i * total / (frames - 1)) for i in range(1, frames - 1)}
+        captured = [to_uint8(x0)]
+        per_level = self._level_callback(on_level)
+
+        def callback(info: dict[str, Any]) -> None:
+            if info["level"] * s.steps_per_level + info["step"] + 1 in wanted:
+                captured.append(to_uint8(info["x"]))
+            if per_level is not None:
+                per_level(info)
+
+        x = annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
+                              final_denoise=s.final_denoise, clamp=self._clamp, noise=noise, callback=callback)
+        images = to_uint8(check_finite(x, seeds))
+        return images, np.stack([*captured, images])
+
+    def inpaint(self, seeds: list[int], known: torch.Tensor, mask: torch.Tensor, *, renoise: str = "level",
                 on_level: LevelCallback | None = None) -> np.ndarray:
+        """Inpaintings ``(B, H, W, C)`` uint8; ``renoise``: ``"level"`` (NCSN) or ``"step"`` (NCSNv2),
+        see :func:`ncsn_core.annealed_langevin_inpaint`."""
         x0, noise = self._start(seeds)
         s = self.settings
         x = annealed_langevin_inpaint(self.score_fn, x0, self.sigmas, known=known.to(self.device),
                                       mask=mask.to(self.device), steps_per_level=s.steps_per_level, eps=s.eps,
+                                      renoise=renoise,
                                       clamp=self._clamp, noise=noise, callback=self._level_callback(on_level))
-        return to_uint8(x)
+        return to_uint8(check_finite(x, seeds))
 
 
 def inpaint_seed(seed: int, source_id: int, k: int) -> int:

@@ -42,7 +42,7 @@ import pyarrow as pa
 from .errors import UserError
 from .figures import decode_png
 from .layout import JOB_SPEC, MANIFEST, existing_name
-from .storage import Storage, StorageError, utc_timestamp
+from .storage import Storage, StorageError, json_bytes, utc_timestamp
 
 __all__ = [
     "SampleSetError",
@@ -170,7 +170,9 @@ def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
     * a manifest is there: the same job is already complete (``"complete"``), any other job is
       refused;
     * a job spec is there: the same job resumes (``"resume"``), any other job is refused;
-    * the folder is empty or absent: the job spec is written (``"new"``);
+    * the folder is empty or absent: the job spec is created, exclusively (``"new"``): of two
+      jobs started into the same folder at once exactly one creates it; the other then
+      resumes the same job or is refused as a different one;
     * the folder holds other files but no job spec: refused (it is not a sample set).
 
     Raises :class:`SampleSetError` for every refusal; nothing is written then.
@@ -189,8 +191,11 @@ def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
             f"{storage.uri} is not empty and holds no {JOB_SPEC_NAME} (found {', '.join(others[:5])}); "
             "it is not a sample set: choose another output folder"
         )
-    storage.write_json(JOB_SPEC_NAME, spec)
-    return "new"
+    if storage.create_exclusive(JOB_SPEC_NAME, json_bytes(spec)):
+        return "new"
+    # Another job created the spec a moment ago: the same job (resume it) or a different one (refused).
+    _check_same_job(storage, storage.read_json(JOB_SPEC_NAME), spec, JOB_SPEC_NAME)
+    return "resume"
 
 
 def recorded_identity(storage: Storage) -> dict[str, Any] | None:
@@ -272,6 +277,14 @@ def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> 
         raise SampleSetError(f"{storage.uri}: {MANIFEST_NAME} is not an ncsn sample-set manifest")
     if kind is not None and manifest.get("kind") != kind:
         raise SampleSetError(f"{storage.uri}: a {manifest.get('kind')!r} sample set, expected {kind!r}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise SampleSetError(f"{storage.uri}: {name} lists no shards")
+    for shard in shards:
+        path = shard.get("path") if isinstance(shard, dict) else None
+        if (not isinstance(path, str) or not path or "/" in path or "\\" in path or path.startswith("..")
+                or ":" in path):
+            raise SampleSetError(f"{storage.uri}: the manifest names a shard outside the folder ({path!r}); refusing it")
     return manifest
 
 

@@ -12,6 +12,7 @@ Every source yields rows ``k = 0 .. N-1`` in a fixed order (row ``k`` becomes id
                  (162770 images, as the original NCSN code used), centre-cropped to 140x140
                  and resized to 32x32 (bilinear), i.e. torchvision's ``CenterCrop(140)`` then
                  ``Resize(32)``; label = null.
+``celeba64``     the same, resized to 64x64: NCSNv2's CelebA.
 ``imagefolder``  every image file below ``root`` (recursive, hidden names skipped), sorted by
                  relative path; centre-cropped to a square and resized to ``image_size``
                  (bilinear), converted to ``channels`` (1 or 3; transparency composited over
@@ -54,20 +55,23 @@ __all__ = [
     "load_image",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10", "celeba", "imagefolder")
+DATASETS = ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
 # name -> (height, width, channels) of the prepared images, for the fixed-shape datasets.
-_NATIVE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "celeba": (32, 32, 3)}
+_NATIVE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3), "celeba": (32, 32, 3),
+                  "celeba64": (64, 64, 3)}
 DIGITS_ROWS = 1797
 CELEBA_CROP = 140
 CELEBA_SIZE = 32
+CELEBA64_SIZE = 64  # NCSNv2's CelebA: the same crop, resized to 64
 
 _IDENTITY = {
     "digits": {"split": "all", "transform": "round(v*255/16)"},
     "mnist": {"split": "train", "transform": "none"},
     "cifar10": {"split": "train", "transform": "none"},
     "celeba": {"split": "train", "transform": f"center_crop({CELEBA_CROP}),resize({CELEBA_SIZE},bilinear)"},
+    "celeba64": {"split": "train", "transform": f"center_crop({CELEBA_CROP}),resize({CELEBA64_SIZE},bilinear)"},
 }
 
 _LAYOUT_HINTS = {
@@ -251,7 +255,8 @@ def open_source(spec: SourceSpec, *, root: str | os.PathLike | None = None, down
         source = _open_imagefolder(spec)
     else:
         data_root = Path(root or default_data_root()).expanduser().resolve()
-        opener = {"mnist": _open_mnist, "cifar10": _open_cifar10, "celeba": _open_celeba}[spec.name]
+        opener = {"mnist": _open_mnist, "cifar10": _open_cifar10, "celeba": _open_celeba,
+                  "celeba64": _open_celeba}[spec.name]
         source = opener(spec, data_root, download)
     if isinstance(source, ArraySource) and source.images.shape[1:] != spec.shape:
         raise SourceError(
@@ -332,8 +337,10 @@ def _open_celeba(spec: SourceSpec, root: Path, download: bool) -> FileSource:
     folder = root / "celeba" / "img_align_celeba"
     paths = [str(folder / name) for name in ds.filename]
 
+    size = spec.height  # 32 (NCSN) or 64 (celeba64, NCSNv2)
+
     def load(path: str) -> np.ndarray:
-        return load_image(path, channels=3, crop=CELEBA_CROP, size=CELEBA_SIZE)
+        return load_image(path, channels=3, crop=CELEBA_CROP, size=size)
 
     return FileSource(spec, paths, [None] * len(paths), load)
 

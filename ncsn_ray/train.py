@@ -19,19 +19,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ncsn_core import apply_overrides, load_config
+from ncsn_core.config import resolve_auto
 from ncsn_core.config import Config
 
-from .checkpoints import list_checkpoints, load_checkpoint_uri
-from .datasets import DatasetManifest, read_manifest
-from .errors import UserError
+from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
+from .datasets import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
+from .errors import JobFailed, UserError, root_cause
 from .layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
-from .storage import Storage
+from .raycluster import FAKE_GPUS_ENV
+from .storage import Storage, StorageError
 from .training_loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml")
-AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba")
+AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
+IMAGE_MODELS = ("ncsn", "ncsnv2")
 
 Log = Callable[[str], None]
 
@@ -56,6 +59,7 @@ class TrainOptions:
     preview: bool = True
     placement_strategy: str = "PACK"
     verbose: bool = False  # show Ray Train's own INFO lines
+    allow_config_change: bool = False  # resume with other learning settings (lr, batch size, loss, ...)
     inject_failure_at_step: int = -1  # tests only
     rank_digests: bool = False  # tests only
 
@@ -69,8 +73,9 @@ def _load_config(options: TrainOptions) -> Config:
         overrides.append(f"training.checkpoint_every={options.checkpoint_every}")
     if overrides:
         config = apply_overrides(config, overrides, source=f"{options.config} with overrides")
-    if config.model.kind != "ncsn":
-        raise UserError(f"{options.config}: this job trains image models (model.kind: ncsn); the toy has its own job")
+    if config.model.kind not in IMAGE_MODELS:
+        raise UserError(f"{options.config}: this job trains image models (model.kind: ncsn or ncsnv2); "
+                        "the toy has its own job")
     return config
 
 
@@ -89,6 +94,7 @@ def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Stor
         log(f"[train] preparing {config.data.dataset} into {data_uri}")
         ensure_prepared(config.data.dataset, data_uri, endpoint_url=options.endpoint_url, log=log)
     manifest = read_manifest(data)
+    verify_shards(data, manifest)
     expected = (config.data.image_size, config.data.image_size, config.data.channels)
     if (manifest.height, manifest.width, manifest.channels) != expected:
         raise UserError(
@@ -98,11 +104,61 @@ def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Stor
     return data, manifest
 
 
-def _check_run_compatible(run: Storage, config: Config, endpoint_url: str | None, log: Log) -> int:
-    """Step of the newest checkpoint in ``run`` (0 if none); refuse a run made with another model."""
-    if not list_checkpoints(run):
-        return 0
-    ckpt, uri = load_checkpoint_uri(run.uri, endpoint_url=endpoint_url)
+# Training settings a resumed run may change freely (they do not change what is learnt).
+OPERATIONAL = {"steps", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+def _resolve_auto(config: Config, data: Storage, manifest: DatasetManifest, log: Log) -> Config:
+    """Replace ``auto`` values by NCSNv2's rules (:func:`ncsn_core.config.resolve_auto`)."""
+    distance, over = (None, 0)
+    if config.noise.sigma_max == "auto":
+        distance, over = dataset_max_distance(data, manifest)
+    resolved, chosen = resolve_auto(config, max_distance=distance,
+                                    dimension=manifest.channels * manifest.height * manifest.width)
+    pretty = ", ".join(f"{key} = {value:.4g}" for key, value in chosen.items())
+    log(f"[train] auto settings: {pretty}" + (f" (sigma_max: the largest distance between {over} training images)"
+                                               if distance is not None else ""))
+    return resolved
+
+
+def _setting_changes(old: Config, new: Config) -> dict[str, list[Any]]:
+    """``{"training.lr": [old, new], ...}``: the learning settings that differ."""
+    changes = {}
+    for section in ("training", "data"):
+        before, after = asdict(getattr(old, section)), asdict(getattr(new, section))
+        for key in sorted(set(before) | set(after)):
+            if section == "training" and key in OPERATIONAL:
+                continue
+            if section == "data" and key == "uri":
+                continue
+            if before.get(key) != after.get(key):
+                changes[f"{section}.{key}"] = [before.get(key), after.get(key)]
+    return changes
+
+
+@dataclass
+class Resume:
+    """What the run resumes from: the step (0: a fresh run), the checkpoint folder the workers
+    fall back to, and the learning settings changed since (with ``allow_config_change``)."""
+
+    step: int = 0
+    uri: str | None = None
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _check_run_compatible(run: Storage, config: Config, allow_config_change: bool, log: Log) -> Resume:
+    """Where the run in ``run`` resumes; refuse a run made with another model, or with other
+    learning settings unless ``allow_config_change``. A corrupt newest checkpoint is skipped
+    (kept for inspection) in favour of the newest one that verifies."""
+    point = newest_valid_checkpoint(run)
+    for uri, why in point.corrupt:
+        kept = set_aside(run, uri.rstrip("/").rsplit("/", 1)[-1])
+        log(f"[train] {uri} is corrupt ({why}); moved to {kept} for inspection, not resumed from")
+    if point.checkpoint is None:
+        if point.corrupt:
+            raise UserError(f"{run.uri}: no checkpoint verifies; move the run aside or use another run name")
+        return Resume()
+    ckpt = point.checkpoint
     for section in ("model", "noise"):
         if asdict(getattr(ckpt.config, section)) != asdict(getattr(config, section)):
             raise UserError(
@@ -111,8 +167,15 @@ def _check_run_compatible(run: Storage, config: Config, endpoint_url: str | None
             )
     if (ckpt.config.data.channels, ckpt.config.data.image_size) != (config.data.channels, config.data.image_size):
         raise UserError(f"{run.uri} holds a run on images of another shape; use another run name or storage location")
-    log(f"[train] found checkpoint at step {ckpt.step} in {uri}: the run will resume from it")
-    return ckpt.step
+    changes = _setting_changes(ckpt.config, config)
+    if changes and not allow_config_change:
+        listing = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        raise UserError(f"{run.uri} was trained with other settings ({listing}); resuming would change them "
+                        "silently. Pass --allow-config-change to resume with the new ones (recorded in metrics.jsonl), "
+                        "or use another run name")
+    log(f"[train] found checkpoint at step {ckpt.step} in {point.uri}: the run will resume from it"
+        + (f" with changed settings {changes}" if changes else ""))
+    return Resume(ckpt.step, point.uri, changes)
 
 
 def _worker_resources(options: TrainOptions, total_cpus: float, log: Log) -> tuple[float, int]:
@@ -141,6 +204,8 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     config = _load_config(options)
     name = options.name or config.name
     data, manifest = _resolve_data(options, config, log)
+    if config.has_auto():
+        config = _resolve_auto(config, data, manifest, log)
     per_worker = config.training.batch_size // options.num_workers
     if per_worker < 1 or manifest.num_rows // options.num_workers < per_worker:
         raise UserError(
@@ -149,7 +214,8 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
         )
     run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
     run_location.check_writable()
-    start_step = _check_run_compatible(run_location, config, options.endpoint_url, log)
+    resume = _check_run_compatible(run_location, config, options.allow_config_change, log)
+    start_step = resume.step
     if start_step >= config.training.steps:
         log(f"[train] {run_location.uri} is already at step {start_step} >= {config.training.steps}: nothing to do")
         return {"step": start_step, "run": run_location.uri, "status": "already complete"}
@@ -161,10 +227,11 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     try:
         cpus, threads = _worker_resources(options, cluster_cpus(), log)
         worker = WorkerOptions(
-            run_uri=run_location.uri, endpoint_url=options.endpoint_url, use_gpu=options.use_gpu,
+            run_uri=run_location.uri, endpoint_url=options.endpoint_url,
+            use_gpu=options.use_gpu and not os.environ.get(FAKE_GPUS_ENV),
             torch_threads=threads, cache_data=options.data_cache, preview=options.preview, verbose=options.verbose,
             num_rows=manifest.num_rows, inject_failure_at_step=options.inject_failure_at_step,
-            rank_digests=options.rank_digests,
+            rank_digests=options.rank_digests, resume_uri=resume.uri, config_changes=resume.changes,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
             f"{config.training.batch_size} over {options.num_workers} worker(s), data {data.uri} "
@@ -186,7 +253,7 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
          manifest: DatasetManifest, worker: WorkerOptions, cpus_per_worker: float) -> None:
     import ray.train
     from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from .train_data import build_train_dataset
 
@@ -195,12 +262,16 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     # (ray-project/ray#53727). Off unless the user turns it on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     storage = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url)
+    # Tests on a simulated cluster: reserve the (declared, not real) GPUs, train on the CPU
+    # with gloo (the workers' own device choice is the CPU: ``worker.use_gpu`` is False).
+    simulated = options.use_gpu and bool(os.environ.get(FAKE_GPUS_ENV))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "options": asdict(worker)},
+        torch_config=TorchConfig(backend="gloo") if simulated else None,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=options.num_workers, use_gpu=options.use_gpu, resources_per_worker={"CPU": cpus_per_worker},
-            placement_strategy=options.placement_strategy,
+            num_workers=options.num_workers, use_gpu=options.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker}, placement_strategy=options.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -220,6 +291,12 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     )
     if run_location.exists(STOPPED_FILE):
         run_location.delete(STOPPED_FILE)  # from an earlier attempt
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # noqa: BLE001 - storage failing mid-run is resumable, not bad input
+        if isinstance(root_cause(err), StorageError):
+            raise JobFailed(f"{root_cause(err)}; checkpoints written so far are kept, re-run the same command "
+                            "to resume") from err
+        raise
     if run_location.exists(STOPPED_FILE):
         raise NonFiniteLossError(run_location.read_json(STOPPED_FILE)["error"])

@@ -70,7 +70,9 @@ class WorkerBatches:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.cached: torch.Tensor | None = None
         if cache == "on" or (cache == "auto" and approx_rows * item_bytes <= cache_limit):
-            parts = [b["image"] for b in shard.iter_torch_batches(batch_size=4096, dtypes={"image": torch.uint8})]
+            # device="cpu": Ray's default ("auto") picks CUDA whenever the worker reserved a GPU.
+            parts = [b["image"] for b in shard.iter_torch_batches(batch_size=4096, dtypes={"image": torch.uint8},
+                                                                    device="cpu")]
             self.cached = torch.cat(parts).to(device)
             if len(self.cached) < batch_size:
                 raise ValueError(

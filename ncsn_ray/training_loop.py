@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 
 from ncsn_core import EMA, LOSSES, build_model, config_from_dict, geometric_sigmas, load_checkpoint, per_level_means
 from ncsn_core import train_step
-from ncsn_core.checkpoint import checkpoint_bytes
+from ncsn_core.checkpoint import CheckpointError, checkpoint_bytes
 from ncsn_core.config import Config
 
 from .errors import JobFailed
@@ -76,6 +76,8 @@ class WorkerOptions:
     preview: bool = True
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     num_rows: int = 0  # rows of the dataset (to size the cache)
+    resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
+    config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
     inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
     rank_digests: bool = False  # tests only: every rank writes a digest of its weights at checkpoints
 
@@ -107,13 +109,18 @@ class TrainState:
                                           weight_decay=tc.weight_decay)
         self.step = 0
 
-    def restore(self, folder: str | os.PathLike) -> None:
-        ckpt = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    def restore(self, data: bytes, name: str) -> None:
+        """Weights, EMA, optimiser and step from checkpoint bytes; the optimiser then takes the
+        config's learning rate, betas and weight decay (a resumed run may change them)."""
+        ckpt = load_checkpoint(data, name=name)
         self.model.load_state_dict(ckpt.model_state)
         if ckpt.ema_state is not None:
             self.ema.load_state_dict(ckpt.ema_state)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
+            tc = self.config.training
+            for group in self.optimizer.param_groups:
+                group.update(lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=tc.weight_decay)
         self.step = ckpt.step
 
     def to(self, device: torch.device) -> "TrainState":
@@ -201,22 +208,29 @@ class RunRecord:
         _log(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
              f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
 
+    def note(self, entry: dict[str, Any]) -> None:
+        """Append a record that is not a loss window (e.g. settings changed on resume)."""
+        self.lines.append(json.dumps(entry))
+        self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+
     def draw_loss(self) -> None:
-        records = [json.loads(line) for line in self.lines]
+        records = [r for r in (json.loads(line) for line in self.lines) if "loss_per_sigma" in r]
         image = loss_plot([r["step"] for r in records], [r["loss_per_sigma"] for r in records], self.sigmas.tolist(),
                           title=f"{self.config.name}: loss per noise level (weighted by sigma^2)")
         self.run.write_png(LOSS_PLOT, image)
 
-    def write_preview(self, ema_module: torch.nn.Module, step: int, device: torch.device) -> str:
-        """A grid sampled from the EMA weights with the generation sampler, fewer steps per level."""
+    def write_preview(self, state: TrainState, step: int, device: torch.device) -> str:
+        """A grid sampled with the generation sampler (fewer steps per level) from the weights
+        generation would use: the EMA weights, or the trained ones where ``sampling.ema`` is off."""
         config = self.config
-        settings = SamplerSettings.from_config(config, use_ema=True)
+        settings = SamplerSettings.from_config(config)
         settings = settings.with_steps(min(settings.steps_per_level, PREVIEW_STEPS_PER_LEVEL))
         shape = (config.data.channels, config.data.image_size, config.data.image_size)
-        was_training = ema_module.training
-        sampler = Sampler(ema_module, self.sigmas, settings, shape, device)
+        network = state.ema.module if settings.use_ema else state.model
+        was_training = network.training
+        sampler = Sampler(network, self.sigmas, settings, shape, device)
         grid = preview_grid(sampler, config.sampling.preview_samples)
-        ema_module.train(was_training)
+        network.train(was_training)
         name = f"samples/step_{step:08d}.png"
         self.run.write_png(name, grid)
         return self.run.uri_of(name)
@@ -234,6 +248,29 @@ def _write_rank_digest(run: Storage, model: torch.nn.Module, rank: int, step: in
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     record = {"rank": rank, "step": step, "digest": h.hexdigest(), "node": ray.get_runtime_context().get_node_id()}
     run.write_json(f"rank_digests/step_{step:08d}_rank_{rank}.json", record)
+
+
+def _restore(state: TrainState, run: Storage, opts: WorkerOptions) -> str | None:
+    """Restore from Ray Train's latest checkpoint (newest: after a worker failure in this job
+    it is the one just written) or, if that one does not load, from the folder the driver
+    verified at start (``opts.resume_uri``); returns where from, or None for a fresh run."""
+    import ray.train
+
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        try:
+            with restored.as_directory() as folder:
+                state.restore((Path(folder) / CHECKPOINT_FILE).read_bytes(), name=restored.path)
+            return restored.path
+        except (CheckpointError, OSError) as err:
+            if opts.resume_uri is None:
+                raise
+            _log(f"[train] {restored.path} does not load ({err}); resuming from {opts.resume_uri}")
+    if opts.resume_uri is not None:
+        folder = Storage.from_uri(opts.resume_uri, endpoint_url=opts.endpoint_url)
+        state.restore(folder.read_bytes(CHECKPOINT_FILE), name=folder.uri_of(CHECKPOINT_FILE))
+        return opts.resume_uri
+    return None
 
 
 def _report_checkpoint(state: TrainState, rank: int) -> None:
@@ -285,15 +322,12 @@ def _train(loop_config: dict[str, Any]) -> None:
 
     # Build state, restore.
     state = TrainState(config)
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as folder:
-            state.restore(folder)
-        if rank == 0:
-            _log(f"[train] resumed from {restored.path} at step {state.step}")
+    resumed_from = _restore(state, run, opts)
+    if rank == 0 and resumed_from:
+        _log(f"[train] resumed from {resumed_from} at step {state.step}")
     state.to(device)
     sigmas = state.sigmas.to(device)
-    model = ray.train.torch.prepare_model(state.model) if world > 1 else state.model
+    model = ray.train.torch.prepare_model(state.model, move_to_device=device) if world > 1 else state.model
     loss_fn = LOSSES[tc.loss]
     loss_kwargs: dict[str, Any] = {"anneal_power": tc.anneal_power}
     if tc.loss == "ssm":
@@ -307,6 +341,8 @@ def _train(loop_config: dict[str, Any]) -> None:
     aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + state.step)
     window = LossWindow(config.noise.num_levels, device)
     record = RunRecord(run, config, state.sigmas, state.step) if rank == 0 else None
+    if record is not None and opts.config_changes:
+        record.note({"step": state.step, "config_change": opts.config_changes})
     if rank == 0:
         _log(f"[train] first step: {state.step + 1} of {tc.steps}")
 
@@ -336,6 +372,6 @@ def _train(loop_config: dict[str, Any]) -> None:
             if record is not None:
                 record.draw_loss()
                 if opts.preview:
-                    url = record.write_preview(state.ema.module, state.step, device)
+                    url = record.write_preview(state, state.step, device)
                     _log(f"[train] checkpoint at step {state.step}; samples -> {url}")
             window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s

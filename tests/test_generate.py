@@ -175,6 +175,29 @@ def test_shard_size_made_of_whole_batches_does_not_change_the_bytes(ray_local, t
     assert sorted(results[0]) == list(range(12)) and results[0] == results[1]
 
 
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_annealing_strip_shows_the_samples_forming_and_ends_on_them(ray_local, tiny_run, tmp_path):
+    out = tmp_path / "strip"
+    generate.run(GenerateOptions(n=6, checkpoint=str(tiny_run), out=str(out), batch_size=3, trajectory=5,
+                                 actors=ActorPlan(num_actors=1)), log=quiet)
+    manifest = read_sample_manifest(Storage.from_uri(str(out)))
+    assert manifest["annealing"] == "_annealing.png"
+    with Image.open(out / "_annealing.png") as strip:
+        pixels = np.asarray(strip.convert("L"))
+    scale = 48 // 8  # 8x8 tiles, 1 px gaps, nearest-neighbour upscaled
+    assert pixels.shape == ((3 * 9 + 1) * scale, (5 * 9 + 1) * scale), "3 seeds (the first batch) x 5 frames"
+
+    def tile(row: int, col: int) -> np.ndarray:
+        top, left = (1 + row * 9) * scale, (1 + col * 9) * scale
+        return pixels[top : top + 8 * scale : scale, left : left + 8 * scale : scale]
+
+    stored = seeds_and_pngs(Storage.from_uri(str(out)))
+    for seed in range(3):
+        assert np.array_equal(tile(seed, 4), decode_png(stored[seed], 1)[..., 0]), "the last frame is the sample"
+        assert not np.array_equal(tile(seed, 0), tile(seed, 4)), "the first frame is the initial noise"
+
+
 def test_default_shard_size_gives_each_planned_actor_several_whole_batches():
     assert default_shard_size(64, 32, actors=2) == 32  # both cores busy, one batch each
     assert default_shard_size(512, 32, actors=2) == 64  # 8 shards: 4 per actor
@@ -391,3 +414,61 @@ def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path)
     assert manifest["count"] == 6
     assert manifest["checkpoint"]["uri"] == f"{run_uri}/checkpoint_000001/checkpoint.pt"
     assert sorted(seeds_and_pngs(storage)) == list(range(6))
+
+
+# ----------------------------------------------------------------- faults
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_an_actor_process_that_dies_is_replaced_and_the_bytes_are_unchanged(ray_local, tiny_run, tmp_path):
+    settings = dict(n=12, checkpoint=str(tiny_run), shard_size=4, batch_size=4, actors=ActorPlan(num_actors=1))
+    undisturbed, killed = tmp_path / "undisturbed", tmp_path / "killed"
+    generate.run(GenerateOptions(out=str(undisturbed), **settings), log=quiet)
+    summary = generate.run(GenerateOptions(out=str(killed), exit_once_after_shards=1, **settings), log=quiet)
+    assert (killed / ".injected-exit-done").exists(), "the actor process was not killed"
+    assert summary["status"] == "complete"
+    assert seeds_and_pngs(Storage.from_uri(str(killed))) == seeds_and_pngs(Storage.from_uri(str(undisturbed)))
+    assert sorted(seeds_and_pngs(Storage.from_uri(str(killed)))) == list(range(12)), "exactly n unique seeds"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_non_finite_samples_fail_the_job_naming_the_seeds_and_publish_nothing(tiny_run, tmp_path):
+    out = tmp_path / "exploded"
+    # The network normalises its input (instance norm), so its output stays bounded and a huge
+    # step only grows x linearly: the step must push x past float32's range to overflow it.
+    result = run_cli(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out), "--num-actors", "1",
+                      "--set", "sampling.eps=1e34"], timeout=200)
+    assert result.returncode == 1, result.stderr
+    assert "non-finite samples for seed(s) 0, 1, 2, 3" in result.stderr and "lower sampling.eps" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "_manifest.json").exists() and not list(out.glob("*.parquet"))
+
+
+def test_a_zero_shard_size_is_refused(tiny_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_cli().main(["--checkpoint", str(tiny_run), "--n", "4", "--out", str(tmp_path / "o"), "--shard-size", "0"])
+    assert exit_info.value.code == 2 and "--shard-size must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_an_interrupted_inpainting_run_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(Storage.from_uri(str(data)), digits_uint8(6), shard_size=3)
+    out = tmp_path / "inpaint"
+    options = dict(data=str(data), checkpoint=str(tiny_run), out=str(out), mask="center", samples_per_image=2,
+                   shard_size=2, batch_size=4, actors=ActorPlan(num_actors=1))
+    with pytest.raises(Exception, match="injected failure"):
+        inpaint.run(InpaintOptions(fail_after_shards=1, **options), log=quiet)
+    finished = sorted(p.name for p in out.glob("inpaint-*.parquet"))
+    assert finished == ["inpaint-000000-000001.parquet"] and not (out / "_manifest.json").exists()
+    before = {name: (out / name).stat().st_mtime_ns for name in finished}
+    lines: list[str] = []
+    summary = inpaint.run(InpaintOptions(**options), log=lines.append)
+    assert summary["status"] == "complete" and summary["computed"] == 4
+    assert any("resuming: 1/3 shards already done" in line for line in lines)
+    assert {name: (out / name).stat().st_mtime_ns for name in finished} == before
+    manifest = read_sample_manifest(Storage.from_uri(str(out)), kind="inpaint")
+    assert manifest["count"] == 6 and len(manifest["shards"]) == 3

@@ -75,15 +75,58 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoi
 
 
 @pytest.mark.timeout(400)
-def test_a_non_finite_loss_stops_training_naming_step_and_level(ray_local, digits_local, tmp_path, capsys):
+def test_a_non_finite_loss_stops_training_at_once_naming_step_and_level(ray_local, digits_local, tmp_path, capfd):
     config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})
     storage = tmp_path / "runs"
+    # The default --max-failures (3) is in force: a non-finite loss must not be retried.
     code = train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
-                       "--steps", "40", "--checkpoint-every", "20", "--max-failures", "0", "--no-preview"])
-    err = capsys.readouterr().err
+                       "--steps", "40", "--checkpoint-every", "20", "--no-preview"])
+    out, err = capfd.readouterr()
     assert code == 1
-    assert "non-finite loss at step" in err and "noise level" in err and "Traceback" not in err
+    assert "non-finite loss at step" in err and "noise level" in err and "Traceback" not in out + err
+    assert (out + err).count("[train] first step: 1 of 40") == 1, "the run was retried"
     assert list_checkpoints(Storage.from_uri(str(storage / "tiny"))) == [], "no checkpoint may follow a non-finite loss"
+
+
+@pytest.mark.timeout(400)
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+        ray_local, digits_local, tmp_path, capsys):
+    config = write_tiny_config(tmp_path)
+    storage = tmp_path / "runs"
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--no-preview",
+              "--checkpoint-every", "2", "--max-failures", "0"]
+    assert train_main([*common, "--steps", "4"]) == 0
+    run = storage / "tiny"
+    newest = run / "checkpoint_00000004" / "checkpoint.pt"
+    truncated = newest.read_bytes()[: len(newest.read_bytes()) // 2]  # a truncated upload
+    newest.write_bytes(truncated)
+    capsys.readouterr()
+    assert train_main([*common, "--steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint_00000004 is corrupt" in out and "found checkpoint at step 2" in out
+    assert (run / "corrupt-checkpoint_00000004" / "checkpoint.pt").read_bytes() == truncated, "kept for inspection"
+    final = load_checkpoint(run / "checkpoint_00000006" / "checkpoint.pt")
+    assert final.step == 6 and int(final.optimizer_state["state"][0]["step"]) == 6
+    assert [m["step"] for m in metrics(run) if "loss" in m] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.timeout(400)
+def test_resuming_with_other_learning_settings_needs_consent_and_is_recorded(ray_local, digits_local, tmp_path, capsys):
+    config = write_tiny_config(tmp_path)
+    storage = tmp_path / "runs"
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--no-preview",
+              "--checkpoint-every", "2", "--max-failures", "0"]
+    assert train_main([*common, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert train_main([*common, "--steps", "4", "--set", "training.lr=0.0005"]) == 2
+    err = capsys.readouterr().err
+    assert "training.lr: 0.001 -> 0.0005" in err and "--allow-config-change" in err
+    assert train_main([*common, "--steps", "4", "--set", "training.lr=0.0005", "--allow-config-change"]) == 0
+    run = storage / "tiny"
+    changes = [m for m in metrics(run) if "config_change" in m]
+    assert changes == [{"step": 2, "config_change": {"training.lr": [0.001, 0.0005]}}]
+    final = load_checkpoint(run / "checkpoint_00000004" / "checkpoint.pt")
+    assert final.optimizer_state["param_groups"][0]["lr"] == 0.0005 and final.config.training.lr == 0.0005
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -108,6 +151,17 @@ def test_bad_inputs_fail_before_training_with_a_clear_error(digits_local, tmp_pa
     shape = _cli("--config", str(config), "--data", str(digits_local), "--storage", storage, "--set", "data.image_size=16")
     assert shape.returncode == 2 and "8x8x1 images but the config expects 16x16x1" in shape.stderr
 
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in digits_local.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    (damaged / "shard-00000.parquet").write_bytes(b"PAR1 not really")
+    corrupt = _cli("--config", str(config), "--data", str(damaged), "--storage", storage)
+    assert corrupt.returncode == 2 and "shard shard-00000.parquet is missing or unreadable" in corrupt.stderr
+    (damaged / "shard-00000.parquet").unlink()
+    gone = _cli("--config", str(config), "--data", str(damaged), "--storage", storage)
+    assert gone.returncode == 2 and "shard shard-00000.parquet is missing" in gone.stderr
+
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("model:\n  ngf: 4\n  widht: 3\n")
     unknown = _cli("--config", str(bad_config), "--data", str(digits_local), "--storage", storage)
@@ -118,7 +172,7 @@ def test_bad_inputs_fail_before_training_with_a_clear_error(digits_local, tmp_pa
     unwritable = _cli("--config", str(config), "--data", str(digits_local), "--storage", str(blocker / "runs"))
     assert unwritable.returncode == 2 and "not writable" in unwritable.stderr
 
-    for result in (missing, half, shape, unknown, unwritable):
+    for result in (missing, half, corrupt, gone, shape, unknown, unwritable):
         assert "Traceback" not in result.stderr
         assert "[ray] started" not in result.stdout, "the job started Ray before validating its inputs"
     assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").glob("checkpoint_*"))

@@ -76,3 +76,4 @@ def test_ray_job_submit_with_token_auth_trains_and_checkpoints(digits_local, tmp
     ckpt = load_checkpoint(storage / "submitted" / "checkpoint_00000004" / "checkpoint.pt")
     assert ckpt.step == 4 and ckpt.config.model.ngf == 4
     assert (storage / "submitted" / "samples" / "step_00000004.png").exists()
+

@@ -1,0 +1,118 @@
+"""Nodes that go away mid-job, on Ray's multi-node test cluster (``ray.cluster_utils.Cluster``:
+real raylets on one machine). A training node is removed under its worker; a node hosting a
+sampling actor is removed and a fresh node joins (as an autoscaler would add one). Both
+jobs finish: training from its last checkpoint with the step counter intact, generation
+with exactly n unique seeds, byte-identical to a run no node left.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from ncsn_core import load_checkpoint
+from support.data import make_tiny_run
+from support.jobs import load_job
+from support.train_helpers import metrics, write_tiny_config
+
+pytestmark = [pytest.mark.ray]
+
+
+def _node_of(node_hex: str, cluster):
+    return next(n for n in cluster.list_all_nodes() if n.node_id == node_hex)
+
+
+@pytest.mark.timeout(900)
+def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digits_local, tmp_path):
+    """A training node goes away mid-run (``Cluster.remove_node`` on the node the worker runs
+    on): Ray Train replaces the worker on another node, which resumes from the last
+    checkpoint, and the run finishes with its step counter intact."""
+    import threading
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # The head has no CPU, so the worker runs on one of the two worker nodes, never beside the driver.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100_000_000})
+    try:
+        for _ in range(2):  # 2 CPUs each: the worker's and one for the Ray Data tasks that read its data
+            cluster.add_node(num_cpus=2, object_store_memory=100_000_000)
+        ray.init(address=cluster.address)
+        config = write_tiny_config(tmp_path, training={"log_every": 2})
+        storage = tmp_path / "runs"
+        outcome: dict = {}
+        args = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--steps", "60",
+                "--checkpoint-every", "4", "--max-failures", "2", "--no-preview", "--debug-rank-digests",
+                "--cpus-per-worker", "1", "--set", "training.keep_checkpoints=20"]
+        thread = threading.Thread(target=lambda: outcome.setdefault("code", load_job("train").main(args)))
+        thread.start()
+        first = storage / "tiny" / "rank_digests" / "step_00000004_rank_0.json"
+        deadline = time.monotonic() + 400
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        node = json.loads(first.read_text())["node"]
+        cluster.remove_node(_node_of(node, cluster), allow_graceful=False)
+        thread.join(timeout=600)
+        assert outcome.get("code") == 0, outcome
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    run = storage / "tiny"
+    final = load_checkpoint(run / "checkpoint_00000060" / "checkpoint.pt")
+    assert final.step == 60 and int(final.optimizer_state["state"][0]["step"]) == 60
+    nodes = {json.loads(p.read_text())["node"] for p in (run / "rank_digests").glob("*.json")}
+    assert node in nodes and len(nodes) == 2, "the worker moved to another node"
+    steps = [m["step"] for m in metrics(run)]
+    assert steps[-1] == 60 and steps == sorted(steps), "a resumed run continues its step counter"
+
+
+
+def _seeds_and_pngs(folder) -> dict[int, bytes]:
+    rows = {}
+    for shard in sorted(folder.glob("samples-*.parquet")):
+        table = pq.read_table(io.BytesIO(shard.read_bytes()))
+        for seed, png in zip(table.column("seed").to_pylist(), table.column("image").to_pylist()):
+            assert seed not in rows, f"seed {seed} twice"
+            rows[seed] = png
+    return rows
+
+
+@pytest.mark.timeout(900)
+def test_removing_a_node_that_hosts_a_sampling_actor_loses_and_duplicates_nothing(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ncsn_ray import generate
+    from ncsn_ray.generate import GenerateOptions
+    from ncsn_ray.sample_pipeline import ActorPlan
+
+    run = tmp_path / "run"
+    make_tiny_run(run)
+    settings = dict(n=16, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=30,
+                    actors=ActorPlan(num_actors=2))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100_000_000})
+    try:
+        workers = [cluster.add_node(num_cpus=1, object_store_memory=100_000_000) for _ in range(2)]
+        ray.init(address=cluster.address)
+        generate.run(GenerateOptions(out=str(tmp_path / "undisturbed"), **settings), log=lambda m: None)
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.setdefault("summary", generate.run(
+            GenerateOptions(out=str(tmp_path / "node-lost"), **settings), log=lambda m: None)))
+        thread.start()
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "node-lost").glob("samples-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cluster.remove_node(workers[0], allow_graceful=False)  # both nodes host an actor (the head has no CPU)
+        cluster.add_node(num_cpus=1, object_store_memory=100_000_000)  # the replacement an autoscaler would add
+        thread.join(timeout=600)
+        assert outcome.get("summary", {}).get("status") == "complete", outcome
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    lost, reference = _seeds_and_pngs(tmp_path / "node-lost"), _seeds_and_pngs(tmp_path / "undisturbed")
+    assert sorted(lost) == list(range(16)) and lost == reference

@@ -1,0 +1,145 @@
+"""The object store goes away in the middle of a job (a real S3 API on loopback, stopped and
+started again on the same port; its contents survive, as a real store's would).
+
+Generation fails part-way (exit code 1, finished shards kept, no manifest); re-running the
+same command completes it with bytes identical to a run the outage never touched. Training
+fails part-way; re-running resumes from the last complete checkpoint with its step counter.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+import boto3
+import pytest
+
+from ncsn_core import load_checkpoint
+from ncsn_ray import generate
+from ncsn_ray.checkpoints import list_checkpoints
+from ncsn_ray.errors import EXIT_FAILED, exit_code
+from ncsn_ray.generate import GenerateOptions
+from ncsn_ray.prepare import prepare_dataset
+from ncsn_ray.sample_pipeline import ActorPlan
+from ncsn_ray.samples import read_sample_manifest
+from ncsn_ray.storage import Storage
+from support.data import make_tiny_run
+from support.jobs import load_job
+from support.train_helpers import write_tiny_config
+
+pytestmark = [pytest.mark.ray]
+
+
+class RestartableS3:
+    """A moto S3 server on a fixed loopback port that can be stopped and started again."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(s3_server):  # s3_server: its fixture sets the fake credentials in the environment
+    s3 = RestartableS3()
+    s3.start()
+    yield s3
+    s3.stop()
+
+
+def wait_for(predicate, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the condition never held")
+        time.sleep(0.2)
+
+
+def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def run_in_thread(body):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = body()
+        except BaseException as err:  # noqa: BLE001 - reported to the test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.timeout(600)
+def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    run = tmp_path / "run"
+    make_tiny_run(run)
+    settings = dict(n=10, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=40,
+                    actors=ActorPlan(num_actors=1), endpoint_url=store.endpoint)
+    generate.run(GenerateOptions(out=f"s3://{bucket}/undisturbed", **settings), log=lambda m: None)
+
+    thread, outcome = run_in_thread(lambda: generate.run(GenerateOptions(out=f"s3://{bucket}/outage", **settings),
+                                                         log=lambda m: None))
+    wait_for(lambda: any(k.endswith(".parquet") for k in objects(store.endpoint, bucket, "outage/")))
+    store.stop()
+    thread.join(timeout=400)
+    store.start()
+    assert "error" in outcome, "the job should fail while the store is away"
+    assert exit_code(outcome["error"]) == EXIT_FAILED
+    assert "re-run the same command to resume" in str(outcome["error"])
+    partial = objects(store.endpoint, bucket, "outage/")
+    assert "_manifest.json" not in partial and any(k.endswith(".parquet") for k in partial)
+
+    summary = generate.run(GenerateOptions(out=f"s3://{bucket}/outage", **settings), log=lambda m: None)
+    assert summary["status"] == "complete" and summary["computed"] < 10
+    after, reference = objects(store.endpoint, bucket, "outage/"), objects(store.endpoint, bucket, "undisturbed/")
+    shards = sorted(k for k in reference if k.endswith(".parquet"))
+    assert sorted(k for k in after if k.endswith(".parquet")) == shards
+    assert all(after[k] == reference[k] for k in shards), "bytes differ from the undisturbed run"
+    assert read_sample_manifest(Storage.from_uri(f"s3://{bucket}/outage", endpoint_url=store.endpoint))["count"] == 10
+
+
+@pytest.mark.timeout(600)
+def test_training_resumes_from_the_last_complete_checkpoint_after_the_store_went_away(
+        ray_local, store, digits_local, tmp_path):
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    config = write_tiny_config(tmp_path, training={"log_every": 2})
+    args = ["--config", str(config), "--data", str(digits_local), "--storage", f"s3://{bucket}/runs",
+            "--s3-endpoint", store.endpoint, "--checkpoint-every", "2", "--no-preview", "--max-failures", "0",
+            "--set", "training.keep_checkpoints=10"]
+    train = load_job("train")
+    thread, outcome = run_in_thread(lambda: train.main([*args, "--steps", "40"]))
+    wait_for(lambda: "runs/tiny/checkpoint_00000004/step.txt" in objects(store.endpoint, bucket, ""))
+    store.stop()
+    thread.join(timeout=400)
+    store.start()
+    assert outcome.get("value") == EXIT_FAILED, outcome
+    run = Storage.from_uri(f"s3://{bucket}/runs/tiny", endpoint_url=store.endpoint)
+    last = list_checkpoints(run)[-1][0]
+    assert 4 <= last < 40
+
+    assert train.main([*args, "--steps", str(last + 4)]) == 0
+    final = load_checkpoint(run.read_bytes(f"checkpoint_{last + 4:08d}/checkpoint.pt"))
+    assert final.step == last + 4 and int(final.optimizer_state["state"][0]["step"]) == last + 4
