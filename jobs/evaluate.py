@@ -1,13 +1,19 @@
-"""Score a sample set with FID, Inception Score and KID against a prepared dataset.
+"""Score a sample set: FID, Inception Score and KID against a prepared dataset, or the
+offline digits metric.
 
     python jobs/evaluate.py --samples URI --reference URI [--metrics fid,isc,kid]
         [--inception-weights PATH] [--use-gpu] [--num-cpus N] [--batch-size B]
         [--reference-limit N] [--no-ray] [--s3-endpoint URL] [--json]
+    python jobs/evaluate.py --samples runs/samples/digits --metrics digits
 
 Both URIs are read straight from storage (s3://, gs://, local). The sample set must be
-complete (made by jobs/generate.py; its manifest exists) and its images must have the
-reference's size and channels. Reference features are cached in
-<reference>/_fidelity-cache/; scores go to <samples>/_scores.json.
+complete (made by jobs/generate.py; its manifest exists). fid, isc and kid need --reference
+with the samples' image size and channels; its features are cached in
+<reference>/_fidelity-cache/. digits (8x8 grey samples, no reference, works offline): the
+Frechet distance in the feature space of a digits classifier trained on scikit-learn's
+digits, its confidence, the class shares and near copies, printed beside the same numbers
+for real digits, a Gaussian fitted to their pixels and uniform noise. Scores go to
+<samples>/_scores.json.
 
 The work runs as one Ray task (--num-cpus CPUs, one GPU with --use-gpu), so under
 ``ray job submit`` it lands on a worker with those resources rather than on the head node;
@@ -39,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/evaluate.py", description=head, epilog=tail,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", required=True, help="sample-set URI (from jobs/generate.py)")
-    parser.add_argument("--reference", required=True, help="prepared dataset URI (from jobs/prepare_data.py)")
-    parser.add_argument("--metrics", default=METRICS, help="comma-separated subset of %(default)s")
+    parser.add_argument("--reference", help="prepared dataset URI (from jobs/prepare_data.py); needed by fid, isc, kid")
+    parser.add_argument("--metrics", default=METRICS, help="comma-separated subset of fid,isc,kid,digits (default: %(default)s)")
     parser.add_argument("--inception-weights", help="InceptionV3 weights file (local path or URI); default: torch hub "
                         "cache, else download")
     parser.add_argument("--use-gpu", action="store_true", help="run Inception on a GPU")
@@ -63,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--num-cpus must be positive, got {args.num_cpus}")
     if args.reference_limit is not None and args.reference_limit < 2:
         parser.error(f"--reference-limit must be at least 2, got {args.reference_limit}")
+    wanted = {m.strip() for m in args.metrics.split(",") if m.strip()}
+    if wanted & {"fid", "isc", "kid"} and not args.reference:
+        parser.error("--metrics fid, isc and kid need --reference URI (a prepared dataset)")
     return args
 
 

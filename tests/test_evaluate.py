@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from ncsn_ray.evaluate import CACHE_DIR, EvaluationError, UInt8ImageDataset, evaluate, evaluate_on_ray
+from ncsn_ray.datasets import DatasetError
+from ncsn_ray.evaluate import EvaluationError, evaluate, evaluate_on_ray
+from ncsn_ray.fidelity import CACHE_DIR, UInt8ImageDataset
 from ncsn_ray.samples import SampleSetError
-from ncsn_ray.storage import Storage, StorageError
+from ncsn_ray.storage import Storage
 from support.data import digits_uint8, write_dataset, write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +103,9 @@ def test_scores_from_s3_and_reference_features_cached_beside_the_reference(incep
 
     cache = Storage.from_uri(reference_uri, endpoint_url=endpoint).child(CACHE_DIR)
     cached = cache.list()
-    assert cached and all(n.startswith("ref-") and n.endswith(".pt") for n in cached)
+    features = [n for n in cached if n.endswith(".pt")]
+    assert features and all(n.startswith("ref-") for n in features)
+    assert sorted(cached) == sorted(features + [f"{n}.sha256" for n in features]), "each cached file has its digest"
     written = json.loads(Storage.from_uri(same_uri, endpoint_url=endpoint).read_bytes("_scores.json"))
     assert written["metrics"] == metrics
 
@@ -116,6 +120,19 @@ def test_scores_from_s3_and_reference_features_cached_beside_the_reference(incep
     assert other["reference_cache"] == "hit", "the reference's features come from the cache"
     assert cache.list() == cached
     assert set(other["metrics"]) == {"frechet_inception_distance", "kernel_inception_distance_mean", "kernel_inception_distance_std"}
+
+    # Cached feature files that no longer match their digests are not trusted: recomputed.
+    originals = {name: cache.read_bytes(name) for name in features}
+    for name, data in originals.items():
+        cache.write_bytes(name, data[:-8] + b"\x00" * 8)
+    lines: list[str] = []
+    again = evaluate(noise_uri, reference_uri, inception_weights=str(inception_weights), endpoint_url=endpoint,
+                     metrics="fid", log=lines.append)
+    assert any("does not match its digest" in line for line in lines)
+    assert again["reference_cache"] == "computed"
+    assert again["metrics"]["frechet_inception_distance"] == pytest.approx(other["metrics"]["frechet_inception_distance"])
+    restored = [name for name in features if cache.read_bytes(name) == originals[name]]
+    assert restored, "the recomputed features replaced the tampered files"
     assert other["metrics"]["frechet_inception_distance"] > 100 * max(metrics["frechet_inception_distance"], 1e-6)
     # KID is an unbiased estimate on random subsets: near 0, not exactly 0, for identical sets.
     assert abs(metrics["kernel_inception_distance_mean"]) < other["metrics"]["kernel_inception_distance_mean"] / 10
@@ -143,6 +160,16 @@ def test_incomplete_sample_sets_and_mismatched_references_are_refused(inception_
     with pytest.raises(EvaluationError, match="metrics: expected"):
         evaluate(str(big), str(reference), metrics="fid,precision", log=quiet)
     assert not (rgb / "_scores.json").exists() and not (big / "_scores.json").exists()
+
+    grey = tmp_path / "grey"
+    write_sample_set(Storage.from_uri(str(grey)), digits_uint8(8), shard_size=4)
+    (reference / "shard-00000.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DatasetError, match="shard shard-00000.parquet is missing or unreadable"):
+        evaluate(str(grey), str(reference), inception_weights=str(inception_weights), log=quiet)
+    first_sample_shard = sorted(grey.glob("*.parquet"))[0]
+    first_sample_shard.unlink()
+    with pytest.raises(SampleSetError, match=first_sample_shard.name):
+        evaluate(str(grey), metrics="digits", log=quiet)
 
 
 @pytest.mark.timeout(300)
@@ -193,7 +220,7 @@ def test_evaluation_as_a_ray_task(inception_weights, tmp_path, monkeypatch):
 
         (reference / "shard-00001.parquet").unlink()  # the manifest now promises a shard that is gone
         (samples / "_scores.json").unlink()
-        with pytest.raises(StorageError, match="shard-00001.parquet: not found"):
+        with pytest.raises(DatasetError, match="shard shard-00001.parquet is missing"):
             evaluate_on_ray("samples", "reference", inception_weights=str(inception_weights),
                             metrics="isc,fid", log=quiet)
         assert not (samples / "_scores.json").exists()
