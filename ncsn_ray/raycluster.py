@@ -15,11 +15,24 @@ pipelines (each job prints its own progress lines); Ray's warnings and errors st
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["init_ray", "cluster_cpus", "quiet_ray_data"]
+__all__ = ["init_ray", "cluster_cpus", "quiet_ray_data", "FAKE_GPUS_ENV", "fake_gpus"]
+
+# Tests only: on Ray's simulated autoscaling cluster, nodes declare GPUs they do not have.
+# With this set (in the environment of the cluster's processes), work that reserved a GPU
+# runs on the CPU instead of failing; nothing else changes.
+FAKE_GPUS_ENV = "NCSN_TEST_FAKE_GPUS"
+
+
+def fake_gpus() -> bool:
+    """Whether GPUs are simulated (:data:`FAKE_GPUS_ENV`) and CUDA is absent."""
+    import torch
+
+    return bool(os.environ.get(FAKE_GPUS_ENV)) and not torch.cuda.is_available()
 
 
 def _package_installed() -> bool:
@@ -31,16 +44,33 @@ def _package_installed() -> bool:
     return True
 
 
+class _NoReraisedTracebacks(logging.Filter):
+    """Drops, from the console only, the ERROR records in which Ray Data prints a failed
+    task's exception with every stack frame before raising it to the driver: the job prints
+    that exception as one ``error:`` line (``NCSN_DEBUG=1`` prints the traceback). Ray Data's
+    own log file (``ray-data.log`` in the session folder) keeps them."""
+
+    SOURCES = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith(self.SOURCES))
+
+
 def quiet_ray_data() -> None:
     """Ray Data settings of the project's pipelines: no progress bars or 'Starting execution'
-    banners (each job prints its own progress), and errors raised in our actors reach the
-    driver as themselves rather than as a generic ``UserCodeException``."""
+    banners (each job prints its own progress), errors raised in our actors reach the
+    driver as themselves rather than as a generic ``UserCodeException``, and they are not
+    printed a second time with Ray's internal frames (:class:`_NoReraisedTracebacks`)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.raise_original_map_exception = True
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if not any(isinstance(f, _NoReraisedTracebacks) for f in handler.filters):
+                handler.addFilter(_NoReraisedTracebacks())
 
 
 def init_ray(*, num_cpus: int | None = None, object_store_memory: int | None = None,

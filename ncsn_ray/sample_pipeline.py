@@ -91,15 +91,20 @@ class ActorPlan:
     def strategy(self, pending: int):
         """``(ActorPoolStrategy, description)`` for ``pending`` shards (never more actors than shards).
 
-        One shard in flight per actor: shards are long, and queueing more on one actor while
-        another idles would only unbalance the tail of the job.
+        A fixed pool keeps one shard in flight per actor: shards are long, and queueing more on
+        one actor while another idles would only unbalance the tail of the job. An autoscaling
+        pool keeps two: Ray Data adds an actor only when the shards in flight per actor reach
+        its upscaling threshold (``AutoscalingConfig.actor_pool_util_upscaling_threshold``,
+        1.75 in Ray 2.60), which one in flight can never reach, so the pool would stay at its
+        minimum however many nodes the cluster added.
         """
         import ray
 
         if self.min_actors is not None:
             hi = max(1, min(self.max_actors, pending))
             lo = min(self.min_actors, hi)
-            return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=1), f"{lo}-{hi}"
+            return (ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=2),
+                    f"{lo}-{hi}")
         size = self.num_actors
         if size is None:
             resources = ray.cluster_resources()

@@ -119,8 +119,9 @@ def test_aws_yaml_passes_rays_own_config_preparation(aws):
     assert prepared["provider"]["type"] == "aws"
     types = prepared["available_node_types"]
     assert types[prepared["head_node_type"]]["max_workers"] == 0
-    # The head's setup is the common setup (install this project).
-    assert any("pip install" in c for c in prepared["head_setup_commands"])
+    # Every node checks that the image holds this project; nothing is installed at boot.
+    assert any("import ray, torch, ncsn_core, ncsn_ray" in c for c in prepared["head_setup_commands"])
+    assert not any("pip install" in c for c in prepared["setup_commands"])
 
 
 def test_aws_head_runs_no_tasks_and_workers_autoscale_from_zero(aws):
@@ -134,7 +135,8 @@ def test_aws_head_runs_no_tasks_and_workers_autoscale_from_zero(aws):
     for t in workers.values():
         assert t["min_workers"] == 0
         assert 1 <= t["max_workers"] <= aws["max_workers"]
-        assert t["node_config"].get("IamInstanceProfile"), "workers need a profile to reach the bucket"
+        assert t["node_config"]["IamInstanceProfile"] == {"Name": "ncsn-ray-worker"}, "the bucket role"
+    assert head["node_config"]["IamInstanceProfile"] == {"Name": "ncsn-ray-head"}, "a head role that may pass it"
     assert aws["idle_timeout_minutes"] > 0
     assert aws["provider"]["region"]
     assert aws["provider"].get("cache_stopped_nodes") is False
@@ -147,26 +149,69 @@ def test_aws_spot_is_documented_and_off_by_default(aws):
         assert "InstanceMarketOptions" not in t["node_config"]
 
 
-def test_aws_nodes_install_the_project_and_use_token_auth(aws):
-    version = ray_version()
+def test_aws_nodes_run_the_project_image_and_use_token_auth(aws):
     docker = aws["docker"]
-    for image in [docker["image"], docker["head_image"]] + [
-        t.get("docker", {}).get("worker_image") for t in aws["available_node_types"].values()
-    ]:
-        if image:
-            assert image.startswith(f"rayproject/ray:{version}-"), image
-    assert aws["file_mounts"]["~/ncsn"] == "."
-    assert aws["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert any(c.startswith("pip install") and "~/ncsn" in c for c in aws["setup_commands"])
+    assert docker["image"].endswith("/ncsn-on-ray:0.1.0"), "the image cluster/Dockerfile builds"
+    assert "head_image" not in docker and not any("docker" in t for t in aws["available_node_types"].values())
+    # The token is mounted as a folder (a single file into Docker draws Ray's warning).
+    assert aws["file_mounts"] == {"~/.ray/ncsn-auth": "~/.ray/ncsn-auth"}
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = [c for c in aws[key] if "ray start" in c]
-        assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
+        assert start and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=~/.ray/ncsn-auth/auth_token" in c
+                             for c in start), key
     assert "runs/" in aws["rsync_exclude"] and ".git/" in aws["rsync_exclude"]
+
+
+def test_aws_images_are_found_by_ssm_parameter_per_node_kind(aws):
+    types = aws["available_node_types"]
+    for name, node_type in types.items():
+        image = node_type["node_config"]["ImageId"]
+        gpu = node_type["node_config"]["InstanceType"].startswith(("g", "p"))
+        assert image.startswith("resolve:ssm:/aws/service/"), name
+        assert ("deeplearning" in image and "nvidia-driver-gpu" in image) == gpu, f"{name}: {image}"
+
+
+def test_head_role_may_pass_exactly_the_worker_role():
+    policy = json.loads((CLUSTER / "aws-iam" / "head-policy.json").read_text())
+    passes = [st for st in policy["Statement"] if "iam:PassRole" in st["Action"]]
+    assert len(passes) == 1 and passes[0]["Effect"] == "Allow"
+    assert passes[0]["Resource"].endswith(":role/ncsn-ray-worker"), "PassRole on the worker role only"
+    launches = next(st for st in policy["Statement"] if "ec2:RunInstances" in st["Action"])
+    assert {"ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances"} <= set(launches["Action"])
+    worker = json.loads((CLUSTER / "aws-iam" / "worker-policy.json").read_text())
+    actions = {a for st in worker["Statement"] for a in st["Action"]}
+    assert "iam:PassRole" not in actions and "s3:PutObject" in actions
 
 
 # --------------------------------------------------------------------------- KubeRay
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+# What a pod may request on the node types the manifests name: the instance's capacity less
+# the kubelet's reservation (EKS: about 0.1 CPU and 1.5-2.5 GiB on these sizes) and room for
+# daemonsets (CNI, kube-proxy, NVIDIA device plugin, logging: about 0.4 CPU and 1 GiB).
+NODE_ALLOCATABLE = {"m5.xlarge": (3.5, 13.0), "g5.xlarge": (3.5, 13.0), "m5.2xlarge": (7.4, 27.0)}
+
+
+def _quantity(value: str) -> float:
+    """Kubernetes CPU ("3", "500m") or memory ("12Gi", "512Mi") as cores or GiB."""
+    value = str(value)
+    units = {"m": 1e-3, "Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 2**10}
+    for suffix, scale in units.items():
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * scale
+    return float(value)
+
+
+def fits(requests: dict, node: tuple[float, float]) -> bool:
+    return _quantity(requests["cpu"]) <= node[0] and _quantity(requests["memory"]) <= node[1]
+
+
+def test_the_service_account_the_pods_use_is_defined_and_bound_to_a_cloud_identity():
+    account = load(KUBERAY / "serviceaccount.yaml")
+    assert (account["kind"], account["metadata"]["name"]) == ("ServiceAccount", "ncsn-storage")
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    assert "iam.gke.io/gcp-service-account" in (KUBERAY / "serviceaccount.yaml").read_text()
 
 
 def check_pod_template(template: dict, where: str) -> list[dict]:
@@ -190,6 +235,8 @@ def check_raycluster_spec(spec: dict, where: str) -> None:
     assert isinstance(params, dict) and all(isinstance(v, str) for v in params.values())
     assert params.get("num-cpus") == "0", f"{where}: the head runs no tasks"
     head_containers = check_pod_template(head["template"], f"{where} head")
+    assert head["template"]["spec"].get("serviceAccountName") == "ncsn-storage", f"{where}: the head's identity"
+    assert fits(head_containers[0]["resources"]["requests"], NODE_ALLOCATABLE["m5.xlarge"]), f"{where} head"
     assert {p["containerPort"] for p in head_containers[0]["ports"]} >= {6379, 8265}
     groups = spec["workerGroupSpecs"]
     assert isinstance(groups, list) and groups
@@ -205,6 +252,9 @@ def check_raycluster_spec(spec: dict, where: str) -> None:
         containers = check_pod_template(g["template"], f"{where} {g['groupName']}")
         limits = containers[0]["resources"]["limits"]
         gpu_groups += "nvidia.com/gpu" in limits
+        node = NODE_ALLOCATABLE["g5.xlarge" if "nvidia.com/gpu" in limits else "m5.2xlarge"]
+        assert fits(containers[0]["resources"]["requests"], node), f"{where} {g['groupName']}: pod > node"
+        assert g["template"]["spec"].get("serviceAccountName") == "ncsn-storage", f"{where} {g['groupName']}"
     assert gpu_groups == 1, f"{where}: one GPU worker group"
     images = {c["image"] for c in head_containers} | {
         c["image"] for g in groups for c in g["template"]["spec"]["containers"]

@@ -76,6 +76,8 @@ __all__ = [
     "unauthenticated_status",
     "cluster_processes",
     "WORKING_DIR_EXCLUDES",
+    "fake_autoscaling_config",
+    "alive_nodes",
 ]
 
 MARKER_VAR = "NCSN_RAY_HEAD_TAG"
@@ -331,12 +333,17 @@ def local_ray_head(
     tmp_path: Path | str,
     num_gpus: int | None = None,
     startup_timeout: float = 180.0,
+    autoscaling_config: dict | None = None,
 ) -> Iterator[RayHead]:
     """Start a token-authenticated local Ray head; stop it (and only it) on exit.
 
     ``env`` is added to the environment of ``ray start``: every process of the cluster,
     job drivers included, inherits it (see the module docstring for where secrets go).
     ``tmp_path`` holds the token file, the head's log and runtime_env files for jobs.
+
+    ``autoscaling_config``: a cluster config for Ray's fake multi-node provider (see
+    :func:`fake_autoscaling_config`); the head then runs the autoscaler, which starts and
+    stops simulated worker nodes (real raylets on this machine) from the resource demands.
     """
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -365,6 +372,12 @@ def local_ray_head(
         }
     )
     head_env.update(env or {})
+    if autoscaling_config is not None:
+        config = json.loads(json.dumps(autoscaling_config))
+        config["provider"]["gcs_address"] = f"127.0.0.1:{ports['port']}"
+        config_path = tmp_path / "autoscaling.json"
+        config_path.write_text(json.dumps(config))
+        head_env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
 
     cmd = _ray_cli() + [
         "start",
@@ -380,6 +393,8 @@ def local_ray_head(
     ]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
+    if autoscaling_config is not None:
+        cmd.append(f"--autoscaling-config={config_path}")
     cmd += [f"--{name}={port}" for name, port in ports.items()]
 
     prev_subreaper = _subreaper(True)
@@ -419,6 +434,42 @@ def local_ray_head(
         finally:
             if prev_subreaper is not None:
                 _subreaper(prev_subreaper)
+
+
+def fake_autoscaling_config(worker_node_types: dict, *, max_workers: int, idle_timeout_minutes: float) -> dict:
+    """A cluster config for Ray's fake multi-node provider (``fake_multinode``): the worker
+    node types as given (``resources``, ``min_workers``, ``max_workers``; ``node_config`` is
+    ignored), a head type with 0 CPUs, and the rest of a cluster config left empty (no SSH,
+    no setup: the simulated nodes are raylets started by the autoscaler itself)."""
+    types = {name: {"node_config": {}, **spec} for name, spec in worker_node_types.items()}
+    types["ray.head.default"] = {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}
+    empty_lists = ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
+                   "setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                   "worker_start_ray_commands")
+    return {
+        "cluster_name": "fake-ncsn",
+        "max_workers": max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True},
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        **{key: [] for key in empty_lists},
+    }
+
+
+def alive_nodes(head: RayHead) -> list[dict]:
+    """The cluster's live nodes (the state API, with the token): ``[{"node_id", "resources_total", ...}]``."""
+    req = urllib.request.Request(head.dashboard_url + "/api/v0/nodes?limit=100", headers=head.auth_headers())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        payload = json.loads(resp.read())
+    nodes = payload.get("data", {}).get("result", {}).get("result", [])
+    return [n for n in nodes if n.get("state") == "ALIVE"]
 
 
 def _wait_ready(head: RayHead, timeout: float) -> None:
