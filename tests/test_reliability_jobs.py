@@ -69,10 +69,23 @@ def wait_for(predicate, timeout: float = 240.0) -> None:
         time.sleep(0.2)
 
 
-def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+def keys(endpoint: str, bucket: str, prefix: str) -> set[str]:
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-    return {k[len(prefix):]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+
+
+def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+    """The objects under ``prefix`` and their bytes; one deleted between listing and reading
+    (a running job's probe or replaced file) is left out."""
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    found = {}
+    for key in sorted(keys(endpoint, bucket, prefix)):
+        try:
+            found[key] = client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue
+    return found
 
 
 def run_in_thread(body):
@@ -101,7 +114,7 @@ def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
 
     thread, outcome = run_in_thread(lambda: generate.run(GenerateOptions(out=f"s3://{bucket}/outage", **settings),
                                                          log=lambda m: None))
-    wait_for(lambda: any(k.endswith(".parquet") for k in objects(store.endpoint, bucket, "outage/")))
+    wait_for(lambda: any(k.endswith(".parquet") for k in keys(store.endpoint, bucket, "outage/")))
     store.stop()
     thread.join(timeout=400)
     store.start()
@@ -131,7 +144,7 @@ def test_training_resumes_from_the_last_complete_checkpoint_after_the_store_went
             "--set", "training.keep_checkpoints=10"]
     train = load_job("train")
     thread, outcome = run_in_thread(lambda: train.main([*args, "--steps", "40"]))
-    wait_for(lambda: "runs/tiny/checkpoint_00000004/step.txt" in objects(store.endpoint, bucket, ""))
+    wait_for(lambda: "runs/tiny/checkpoint_00000004/step.txt" in keys(store.endpoint, bucket, ""))
     store.stop()
     thread.join(timeout=400)
     store.start()
