@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ncsn_core import load_checkpoint
+from ncsn_ray.checkpoints import RAY_TRAIN_SNAPSHOT
 from support.data import make_tiny_run
 from support.jobs import load_job
 from support.train_helpers import metrics, write_tiny_config
@@ -52,8 +53,13 @@ def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digit
         thread = threading.Thread(target=lambda: outcome.setdefault("code", load_job("train").main(args)))
         thread.start()
         first = storage / "tiny" / "rank_digests" / "step_00000004_rank_0.json"
+        # Wait until Ray Train's controller has registered checkpoint 4 (its snapshot names it):
+        # a worker lost between writing a checkpoint and its registration restarts from the
+        # checkpoint before, here from step 0, which is Ray Train's contract but not this test's case.
+        snapshot = storage / "tiny" / RAY_TRAIN_SNAPSHOT
         deadline = time.monotonic() + 400
-        while not first.exists() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+                first.exists() and snapshot.exists() and "checkpoint_00000004" in snapshot.read_text()):
             time.sleep(0.2)
         node = json.loads(first.read_text())["node"]
         cluster.remove_node(_node_of(node, cluster), allow_graceful=False)
