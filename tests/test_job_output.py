@@ -46,7 +46,7 @@ def check_lines(lines: list[str], job: str) -> list[str]:
 @pytest.mark.timeout(1200)
 def test_default_training_and_generation_print_progress_and_no_noise(tmp_path, digits_local):
     runs = tmp_path / "runs"
-    train = run_job([str(REPO / "jobs" / "train.py"), "--steps", "4", "--checkpoint-every", "2",
+    train = run_job([str(REPO / "jobs" / "train.py"), "--steps", "4", "--checkpoint-every", "4",
                      "--data", str(digits_local), "--storage", str(runs)], cwd=tmp_path)
     foreign = check_lines(train, "jobs/train.py")
     assert any("[train] step 4/4" in line for line in train), "\n".join(train)

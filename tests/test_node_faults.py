@@ -24,6 +24,13 @@ from support.train_helpers import metrics, write_tiny_config
 pytestmark = [pytest.mark.ray]
 
 
+# The head has no CPU, so no worker or actor runs beside the driver. Its GCS declares a node
+# dead after 5 missed health checks; at 1 s apart (Ray's default is 3 s) the tests spend 5 s
+# instead of 15 s noticing the node they removed.
+_HEAD = {"num_cpus": 0, "object_store_memory": 100_000_000,
+         "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}}
+
+
 def _node_of(node_hex: str, cluster):
     return next(n for n in cluster.list_all_nodes() if n.node_id == node_hex)
 
@@ -38,8 +45,7 @@ def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digit
     import ray
     from ray.cluster_utils import Cluster
 
-    # The head has no CPU, so the worker runs on one of the two worker nodes, never beside the driver.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100_000_000})
+    cluster = Cluster(initialize_head=True, head_node_args=_HEAD)
     try:
         for _ in range(2):  # 2 CPUs each: the worker's and one for the Ray Data tasks that read its data
             cluster.add_node(num_cpus=2, object_store_memory=100_000_000)
@@ -47,7 +53,7 @@ def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digit
         config = write_tiny_config(tmp_path, training={"log_every": 2})
         storage = tmp_path / "runs"
         outcome: dict = {}
-        args = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--steps", "60",
+        args = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--steps", "24",
                 "--checkpoint-every", "4", "--max-failures", "2", "--no-preview", "--debug-rank-digests",
                 "--cpus-per-worker", "1", "--set", "training.keep_checkpoints=20"]
         thread = threading.Thread(target=lambda: outcome.setdefault("code", load_job("train").main(args)))
@@ -69,12 +75,12 @@ def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digit
         ray.shutdown()
         cluster.shutdown()
     run = storage / "tiny"
-    final = load_checkpoint(run / "checkpoint_00000060" / "checkpoint.pt")
-    assert final.step == 60 and int(final.optimizer_state["state"][0]["step"]) == 60
+    final = load_checkpoint(run / "checkpoint_00000024" / "checkpoint.pt")
+    assert final.step == 24 and int(final.optimizer_state["state"][0]["step"]) == 24
     nodes = {json.loads(p.read_text())["node"] for p in (run / "rank_digests").glob("*.json")}
     assert node in nodes and len(nodes) == 2, "the worker moved to another node"
     steps = [m["step"] for m in metrics(run)]
-    assert steps[-1] == 60 and steps == sorted(steps), "a resumed run continues its step counter"
+    assert steps[-1] == 24 and steps == sorted(steps), "a resumed run continues its step counter"
 
 
 
@@ -101,7 +107,7 @@ def test_removing_a_node_that_hosts_a_sampling_actor_loses_and_duplicates_nothin
     make_tiny_run(run)
     settings = dict(n=16, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=30,
                     actors=ActorPlan(num_actors=2))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100_000_000})
+    cluster = Cluster(initialize_head=True, head_node_args=_HEAD)
     try:
         workers = [cluster.add_node(num_cpus=1, object_store_memory=100_000_000) for _ in range(2)]
         ray.init(address=cluster.address)
