@@ -26,18 +26,12 @@ from PIL import Image
 
 from conftest import FAKE_AWS_ENV
 from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job, unauthenticated_status
+from support.s3 import read_objects
 from support.train_helpers import REPO, write_tiny_config
 
 pytestmark = [pytest.mark.ray]
 
 N_SAMPLES = 24
-
-
-def _objects(client, bucket: str, prefix: str) -> dict[str, bytes]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
 
 def _parquet_rows(objects: dict[str, bytes]) -> list[dict]:
@@ -83,7 +77,7 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
-    data = _objects(client, bucket, "data/digits/")
+    data = read_objects(client, bucket, "data/digits/")
     manifest = json.loads(data["data/digits/_manifest.json"])
     assert (manifest["num_rows"], manifest["height"], manifest["width"], manifest["channels"]) == (1797, 8, 8, 1)
     assert {f"data/digits/{s['path']}" for s in manifest["shards"]} <= set(data)
@@ -91,7 +85,7 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
     assert sorted(r["id"] for r in rows) == list(range(1797))
     assert _png(rows[0]["image"]).shape == (8, 8)
 
-    runs = _objects(client, bucket, "runs/e2e/")
+    runs = read_objects(client, bucket, "runs/e2e/")
     assert {"runs/e2e/checkpoint_00000002/checkpoint.pt", "runs/e2e/checkpoint_00000004/checkpoint.pt"} <= set(runs)
     import torch
 
@@ -102,7 +96,7 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
     for blob in runs.values():
         assert FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"].encode() not in blob
 
-    samples = _objects(client, bucket, "samples/e2e/")
+    samples = read_objects(client, bucket, "samples/e2e/")
     sample_manifest = json.loads(samples["samples/e2e/_manifest.json"])
     sample_rows = _parquet_rows(samples)
     seeds = [r["seed"] for r in sample_rows]
@@ -111,7 +105,7 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
     assert sample_manifest["count"] == N_SAMPLES and sum(s["num_rows"] for s in sample_manifest["shards"]) == N_SAMPLES
     assert "samples/e2e/_grid.png" in samples
 
-    inpaint = _objects(client, bucket, "inpaint/e2e/")
+    inpaint = read_objects(client, bucket, "inpaint/e2e/")
     assert json.loads(inpaint["inpaint/e2e/_manifest.json"])["count"] == 3
     inpaint_rows = _parquet_rows(inpaint)
     assert [row["id"] for row in inpaint_rows] == [0, 1, 2]

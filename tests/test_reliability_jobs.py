@@ -28,6 +28,7 @@ from ncsn_ray.samples import read_sample_manifest
 from ncsn_ray.storage import Storage
 from support.data import make_tiny_run
 from support.jobs import load_job
+from support.s3 import list_keys, read_objects
 from support.train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.ray]
@@ -69,23 +70,17 @@ def wait_for(predicate, timeout: float = 240.0) -> None:
         time.sleep(0.2)
 
 
+def _client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
 def keys(endpoint: str, bucket: str, prefix: str) -> set[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+    return {key[len(prefix):] for key in list_keys(_client(endpoint), bucket, prefix)}
 
 
 def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
-    """The objects under ``prefix`` and their bytes; one deleted between listing and reading
-    (a running job's probe or replaced file) is left out."""
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    found = {}
-    for key in sorted(keys(endpoint, bucket, prefix)):
-        try:
-            found[key] = client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            continue
-    return found
+    """The objects under ``prefix`` (keys relative to it) and their bytes."""
+    return {key[len(prefix):]: data for key, data in read_objects(_client(endpoint), bucket, prefix).items()}
 
 
 def run_in_thread(body):
@@ -105,7 +100,7 @@ def run_in_thread(body):
 @pytest.mark.timeout(600)
 def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    _client(store.endpoint).create_bucket(Bucket=bucket)
     run = tmp_path / "run"
     make_tiny_run(run)
     settings = dict(n=10, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=40,
@@ -137,7 +132,7 @@ def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
 def test_training_resumes_from_the_last_complete_checkpoint_after_the_store_went_away(
         ray_local, store, digits_local, tmp_path):
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=store.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    _client(store.endpoint).create_bucket(Bucket=bucket)
     config = write_tiny_config(tmp_path, training={"log_every": 2})
     args = ["--config", str(config), "--data", str(digits_local), "--storage", f"s3://{bucket}/runs",
             "--s3-endpoint", store.endpoint, "--checkpoint-every", "2", "--no-preview", "--max-failures", "0",
