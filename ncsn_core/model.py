@@ -20,7 +20,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .layers import CondRefineBlock, CondResidualBlock, conv3x3, make_norm
+from .layers import ELU, CondRefineBlock, CondResidualBlock, conv3x3, make_norm
 
 __all__ = ["NCSN", "NCSNv2", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model"]
 
@@ -68,7 +68,7 @@ class _RefineNetScore(nn.Module):
         self.refine1 = CondRefineBlock([ngf, ngf], ngf, L, end=True, **refine)
         self.end_norm = make_norm(norm, ngf, L)
         self.end_conv = conv3x3(ngf, channels)
-        self.act = nn.ELU()
+        self.act = ELU()
 
     @staticmethod
     def _stage(blocks: nn.ModuleList, h: torch.Tensor, level: torch.Tensor) -> torch.Tensor:

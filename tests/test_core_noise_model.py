@@ -154,3 +154,21 @@ def test_chained_residual_pooling_counts_the_zero_padding_at_borders():
     assert out[3, 3].item() == pytest.approx(1.0)
     assert out[0, 0].item() == pytest.approx(9 / 25)
     assert out[0, 3].item() == pytest.approx(15 / 25)
+
+
+def test_elu_is_torch_elu_to_float_rounding_with_its_first_and_second_derivatives():
+    """The blocks' ELU (exp-based, for speed) is torch.nn.ELU's function: values and
+    gradients within float32 rounding over the range activations take, gradient 1 at 0 as
+    torch's, and second derivatives (sliced score matching) that gradgradcheck accepts."""
+    from ncsn_core.layers import ELU
+
+    x = torch.cat([torch.linspace(-20, 20, 4001), torch.tensor([0.0, -1e-8, 1e-8])]).requires_grad_()
+    ours, theirs = ELU()(x), torch.nn.functional.elu(x)
+    assert torch.allclose(ours, theirs, rtol=0, atol=2e-7)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    assert torch.allclose(g_ours, g_theirs, rtol=0, atol=2e-7)
+    assert g_ours[-3].item() == 1.0, "gradient at exactly 0 is 1, as torch.nn.ELU"
+    x64 = torch.randn(3, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ELU(), (x64,)) and torch.autograd.gradgradcheck(ELU(), (x64,))
+    assert not any(isinstance(m, torch.nn.ELU) for m in NCSN(1, 4, 8).modules()), "every block uses it"
