@@ -15,8 +15,14 @@ digits' at the same n, mean classifier confidence >= 0.9, no class above 15%, no
 copies of training images. Prints the wall-clock time of each stage and, last, one JSON
 object with everything measured.
 
+``--per-level N`` also runs the same chain for seeds ``0 .. N-1`` in this process and prints,
+after each noise level, the class shares and mean confidence of the classifier on the
+Tweedie estimate ``x + sigma_i^2 s(x, i)``: where the chain decides which digit a sample
+becomes, and whether the last levels still change it (docs/quality.md).
+
     python benchmarks/bench_quality.py [--config jobs/configs/digits.yaml] [--n 256]
         [--set training.steps=500] [--sample-set sampling.steps_per_level=50] [--keep DIR]
+        [--per-level 256]
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ncsn_core import load_config  # noqa: E402
-from ncsn_ray import evaluate, generate, train  # noqa: E402
+from ncsn_ray import digits_quality, evaluate, generate, train  # noqa: E402
+from ncsn_ray.checkpoints import load_checkpoint_uri  # noqa: E402
 from ncsn_ray.evaluate import EvaluateOptions  # noqa: E402
 from ncsn_ray.generate import GenerateOptions  # noqa: E402
 from ncsn_ray.prepare import ensure_prepared  # noqa: E402
+from ncsn_ray.sampler import Sampler, SamplerSettings, override_sampling  # noqa: E402
 from ncsn_ray.train import TrainOptions  # noqa: E402
 
 TARGETS = {"fd_ratio": 3.0, "confidence": 0.9, "max_class_share": 0.15}
@@ -50,6 +60,23 @@ def stage(name: str, body):
     return result, seconds
 
 
+def per_level_table(run_uri: str, sample_overrides: list[str], n: int) -> list[dict]:
+    """Class shares of the Tweedie estimate after each level, for seeds ``0 .. n-1`` (the
+    generation job's chain: newest checkpoint, EMA weights, the job's sampler settings)."""
+    checkpoint, _ = load_checkpoint_uri(run_uri)
+    checkpoint.config = override_sampling(checkpoint.config, sample_overrides)
+    sampler = Sampler.from_checkpoint(checkpoint, SamplerSettings.from_config(checkpoint.config))
+    rows = []
+    for level, (sigma, images) in enumerate(sampler.denoised_per_level(list(range(n)))):
+        classes, confidence = digits_quality.classify(images)
+        shares = np.bincount(classes, minlength=10) / len(classes)
+        rows.append({"level": level, "sigma": round(sigma, 4), "confidence": round(float(confidence.mean()), 3),
+                     "class_shares": [round(float(v), 4) for v in shares]})
+        print(f"[bench_quality]   level {level:2d}  sigma {sigma:6.3f}  confidence {confidence.mean():.3f}  "
+              f"classes 0-9 (%) {' '.join(f'{100 * v:4.1f}' for v in shares)}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "digits.yaml"))
@@ -58,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-set", dest="sample_overrides", action="append", default=[],
                         help="sampling.* overrides for generation")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--per-level", type=int, default=0, metavar="N",
+                        help="also print the class shares after each noise level for N seeds")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -76,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                         use_ray=False), log=lines.append))
         for line in lines[:-1]:  # the metric table with its calibration rows (the last line is the file path)
             print(line)
+        levels = None
+        if args.per_level > 0:
+            levels, _ = stage(f"per-level class shares of {args.per_level} samples",
+                              lambda: per_level_table(trained["run"], args.sample_overrides, args.per_level))
     calibration = scores["digits"]["calibration"]
     scores = scores["metrics"]
     real_fd = calibration["real"]["digits_fd"]
@@ -95,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench_quality] FD {result['fd']} = {result['fd_ratio']}x real ({result['real_fd']}), confidence "
           f"{result['confidence']}, largest class {100 * result['max_class_share']:.1f}%, near copies "
           f"{100 * result['near_copy_share']:.1f}%: targets {'met' if met else 'NOT met'}")
-    print(json.dumps({**result, "targets_met": met}))
+    print(json.dumps({**result, "targets_met": met, **({"per_level": levels} if levels else {})}))
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DigitsJudge", "judge", "score", "calibration", "digits_uint8", "IMAGE_SHAPE"]
+__all__ = ["DigitsJudge", "judge", "score", "classify", "calibration", "digits_uint8", "IMAGE_SHAPE"]
 
 IMAGE_SHAPE = (8, 8, 1)  # (H, W, C) the metric applies to
 HIDDEN = 128
@@ -153,6 +153,13 @@ def score(images: np.ndarray) -> dict[str, Any]:
         raise ValueError("the digits metric needs at least 2 images")
     j = judge()
     return {**_score_flat(flat, j), "digits_near_copy_threshold": j.near_copy_threshold}
+
+
+def classify(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The metric's classifier on ``(N, 8, 8[, 1])`` uint8 images: the predicted class
+    ``(N,)`` int and its probability ``(N,)``."""
+    probs = judge().probabilities(_flat(images))
+    return probs.argmax(1), probs.max(1)
 
 
 def calibration(n: int | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:

@@ -205,6 +205,29 @@ class Sampler:
         images = to_uint8(check_finite(x, seeds))
         return images, np.stack([*captured, images])
 
+    def denoised_per_level(self, seeds: list[int]) -> list[tuple[float, np.ndarray]]:
+        """What the chain has settled on after each level: for every level ``i``, ``(sigma_i,
+        images (B, H, W, C) uint8)`` with the images the Tweedie estimate
+        ``x + sigma_i^2 s(x, i)`` of the state at the end of that level (the last entry is
+        the samples themselves when ``final_denoise`` is on). The chain is the one
+        :meth:`sample` runs for these seeds. Used to see at which noise level classes or
+        shapes are decided (``benchmarks/bench_quality.py --per-level``)."""
+        x0, noise = self._start(seeds)
+        s = self.settings
+        sigmas = [float(v) for v in self.sigmas.tolist()]
+        out: list[tuple[float, np.ndarray]] = []
+
+        def callback(info: dict[str, Any]) -> None:
+            if info["step"] == s.steps_per_level - 1:
+                level = info["level"]
+                labels = torch.full((len(seeds),), level, dtype=torch.long, device=self.device)
+                denoised = info["x"] + sigmas[level] ** 2 * self.score_fn(info["x"], labels)
+                out.append((sigmas[level], to_uint8(denoised)))
+
+        annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
+                          final_denoise=False, clamp=self._clamp, noise=noise, callback=callback)
+        return out
+
     def inpaint(self, seeds: list[int], known: torch.Tensor, mask: torch.Tensor, *, renoise: str = "level",
                 on_level: LevelCallback | None = None) -> np.ndarray:
         """Inpaintings ``(B, H, W, C)`` uint8; ``renoise``: ``"level"`` (NCSN) or ``"step"`` (NCSNv2),

@@ -19,13 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
+from ncsn_ray import digits_quality as dq
 from ncsn_ray import generate, inpaint
+from ncsn_ray.checkpoints import load_checkpoint_uri
 from ncsn_ray.errors import UserError
 from ncsn_ray.figures import decode_png
 from ncsn_ray.generate import GenerateOptions, default_shard_size
 from ncsn_ray.inpaint import InpaintOptions
 from ncsn_ray.sample_pipeline import ActorPlan
-from ncsn_ray.sampler import image_mask
+from ncsn_ray.sampler import Sampler, SamplerSettings, image_mask, override_sampling
 from ncsn_ray.samples import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
 from ncsn_ray.storage import Storage
 from support.data import digits_uint8, make_tiny_run, write_dataset
@@ -282,6 +284,21 @@ def test_inpainting_keeps_known_pixels(ray_local, tiny_run, bucket, tmp_path):
     with Image.open(io.BytesIO(out.read_bytes("_figure.png"))) as figure:
         # 4 columns (occluded | 2 inpaintings | original) x 5 rows of 8x8 tiles, 1 px gaps, scaled 6x
         assert figure.size == ((4 * 9 + 1) * 6, (5 * 9 + 1) * 6)
+
+
+@pytest.mark.timeout(120)
+def test_per_level_estimates_follow_the_ladder_and_end_on_the_samples(tiny_run):
+    checkpoint, _ = load_checkpoint_uri(str(tiny_run))
+    config = override_sampling(checkpoint.config, ["sampling.final_denoise=true"])
+    sampler = Sampler.from_checkpoint(checkpoint, SamplerSettings.from_config(config))
+    levels = sampler.denoised_per_level([3, 5, 7])
+    assert [sigma for sigma, _ in levels] == pytest.approx(checkpoint.sigmas.tolist())
+    assert all(images.shape == (3, 8, 8, 1) and images.dtype == np.uint8 for _, images in levels)
+    assert np.array_equal(levels[-1][1], sampler.sample([3, 5, 7])), "the last estimate is the Tweedie-denoised sample"
+    assert not np.array_equal(levels[0][1], levels[-1][1]), "the chain moves between the first level and the last"
+    classes, confidence = dq.classify(levels[-1][1])
+    assert classes.shape == confidence.shape == (3,) and set(classes) <= set(range(10))
+    assert ((0.1 <= confidence) & (confidence <= 1)).all(), "the top class of ten has probability at least 0.1"
 
 
 @pytest.mark.timeout(120)
