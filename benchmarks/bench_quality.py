@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from ncsn_core import load_config  # noqa: E402
 from ncsn_ray import digits_quality, evaluate, generate, train  # noqa: E402
-from ncsn_ray.checkpoints import load_checkpoint_uri  # noqa: E402
 from ncsn_ray.evaluate import EvaluateOptions  # noqa: E402
 from ncsn_ray.generate import GenerateOptions  # noqa: E402
 from ncsn_ray.prepare import ensure_prepared  # noqa: E402
-from ncsn_ray.sampler import Sampler, SamplerSettings, override_sampling  # noqa: E402
+from ncsn_ray.sample_job import SamplingOptions, resolve_sampling  # noqa: E402
+from ncsn_ray.sampler import Sampler  # noqa: E402
 from ncsn_ray.train import TrainOptions  # noqa: E402
 
 TARGETS = {"fd_ratio": 3.0, "confidence": 0.9, "max_class_share": 0.15}
@@ -62,10 +62,9 @@ def stage(name: str, body):
 
 def per_level_table(run_uri: str, sample_overrides: list[str], n: int) -> list[dict]:
     """Class shares of the Tweedie estimate after each level, for seeds ``0 .. n-1`` (the
-    generation job's chain: newest checkpoint, EMA weights, the job's sampler settings)."""
-    checkpoint, _ = load_checkpoint_uri(run_uri)
-    checkpoint.config = override_sampling(checkpoint.config, sample_overrides)
-    sampler = Sampler.from_checkpoint(checkpoint, SamplerSettings.from_config(checkpoint.config))
+    generation job's chain: its checkpoint and sampler settings, resolved as it resolves them)."""
+    setup = resolve_sampling(SamplingOptions(checkpoint=run_uri, overrides=list(sample_overrides)))
+    sampler = Sampler.from_checkpoint(setup.checkpoint, setup.settings)
     rows = []
     for level, (sigma, images) in enumerate(sampler.denoised_per_level(list(range(n)))):
         classes, confidence = digits_quality.classify(images)
