@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-level", type=int, default=0, metavar="N",
                         help="also print the class shares after each noise level for N seeds")
     args = parser.parse_args(argv)
+    if args.per_level < 0:
+        parser.error(f"--per-level must be 0 (off) or a number of seeds, got {args.per_level}")
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.keep or scratch)
