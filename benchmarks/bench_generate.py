@@ -2,9 +2,9 @@
 
 Same model, batch size, steps and seeds on both sides:
 
-* direct: one process calling :class:`ncsn_ray.sampler.Sampler` (``ncsn_core``'s annealed
+* direct: one process calling :class:`ncsn_ray.sample.sampler.Sampler` (``ncsn_core``'s annealed
   Langevin with ``PerSampleNoise``) batch by batch; nothing written;
-* pipeline: ``ncsn_ray.generate.run`` (what ``jobs/generate.py`` runs: Ray Data actor pool,
+* pipeline: ``ncsn_ray.sample.generate.run`` (what ``jobs/generate.py`` runs: Ray Data actor pool,
   PNG encoding, Parquet shards written to a local folder, manifest).
 
 Two comparisons, each on the same cores:
@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ncsn_core import build_model, geometric_sigmas, load_config, save_checkpoint  # noqa: E402
-from ncsn_ray import generate  # noqa: E402
-from ncsn_ray.checkpoints import pin_checkpoint  # noqa: E402
-from ncsn_ray.generate import GenerateOptions, default_shard_size  # noqa: E402
-from ncsn_ray.raycluster import init_ray  # noqa: E402
-from ncsn_ray.sample_pipeline import ActorPlan  # noqa: E402
-from ncsn_ray.sampler import Sampler, SamplerSettings, override_sampling  # noqa: E402
+from ncsn_ray.sample import generate  # noqa: E402
+from ncsn_ray.train.checkpoints import pin_checkpoint  # noqa: E402
+from ncsn_ray.sample.generate import GenerateOptions, default_shard_size  # noqa: E402
+from ncsn_ray.cluster import init_ray  # noqa: E402
+from ncsn_ray.sample.pipeline import ActorPlan  # noqa: E402
+from ncsn_ray.sample.sampler import Sampler, SamplerSettings, override_sampling  # noqa: E402
 
 
 def random_checkpoint(config_name: str, folder: Path) -> str:

@@ -6,7 +6,7 @@ folder as object storage, the offline digits), in a fresh folder:
 
 1. train the config (default ``jobs/configs/digits.yaml``) for its ``training.steps``;
 2. generate ``--n`` samples (default 256) from the newest checkpoint;
-3. score them with the offline digits metric (``ncsn_ray.digits_quality``) and print the
+3. score them with the offline digits metric (``ncsn_ray.evaluate.digits``) and print the
    calibration rows at the same n: real digits, a Gaussian fitted to the pixels, uniform
    noise.
 
@@ -40,13 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ncsn_core import load_config  # noqa: E402
-from ncsn_ray import digits_quality, evaluate, generate, train  # noqa: E402
-from ncsn_ray.evaluate import EvaluateOptions  # noqa: E402
-from ncsn_ray.generate import GenerateOptions  # noqa: E402
-from ncsn_ray.prepare import ensure_prepared  # noqa: E402
-from ncsn_ray.sample_job import SamplingOptions, resolve_sampling  # noqa: E402
-from ncsn_ray.sampler import Sampler  # noqa: E402
-from ncsn_ray.train import TrainOptions  # noqa: E402
+from ncsn_ray.evaluate import digits as digits_quality  # noqa: E402
+from ncsn_ray.evaluate import job as evaluate  # noqa: E402
+from ncsn_ray.sample import generate  # noqa: E402
+from ncsn_ray.train import job as train  # noqa: E402
+from ncsn_ray.evaluate.job import EvaluateOptions  # noqa: E402
+from ncsn_ray.sample.generate import GenerateOptions  # noqa: E402
+from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
+from ncsn_ray.sample.job import SamplingOptions, resolve_sampling  # noqa: E402
+from ncsn_ray.sample.sampler import Sampler  # noqa: E402
+from ncsn_ray.train.job import TrainOptions  # noqa: E402
 
 TARGETS = {"fd_ratio": 3.0, "confidence": 0.9, "max_class_share": 0.15}
 

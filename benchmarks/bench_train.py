@@ -4,7 +4,7 @@ Both sides train the same config (model, global batch size, loss, Adam, EMA, aug
 on the same data:
 
 * plain: a single-process loop over the decoded images held in memory;
-* Ray: ``ncsn_ray.train.run`` (what ``jobs/train.py`` runs) with one worker: Ray Train, Ray
+* Ray: ``ncsn_ray.train.job.run`` (what ``jobs/train.py`` runs) with one worker: Ray Train, Ray
   Data ingest from the Parquet dataset, checkpoints, metrics. Its images/s is read from the
   worker's own ``metrics.jsonl`` windows after the first (warm-up) window, i.e. steady state,
   excluding cluster start-up. Printed beside it: the end-to-end wall time and the time to
@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ncsn_core import EMA, LOSSES, build_model, geometric_sigmas, load_config, train_step  # noqa: E402
-from ncsn_ray.datasets import decode_images, iter_tables, read_manifest  # noqa: E402
-from ncsn_ray.prepare import ensure_prepared  # noqa: E402
-from ncsn_ray.storage import Storage  # noqa: E402
-from ncsn_ray.train import TrainOptions, run  # noqa: E402
-from ncsn_ray.train_data import augment  # noqa: E402
+from ncsn_ray.data.format import decode_images, iter_tables, read_manifest  # noqa: E402
+from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
+from ncsn_ray.io.storage import Storage  # noqa: E402
+from ncsn_ray.train.job import TrainOptions, run  # noqa: E402
+from ncsn_ray.data.ingest import augment  # noqa: E402
 
 
 def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:

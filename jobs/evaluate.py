@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace):
-    from ncsn_ray.evaluate import EvaluateOptions
+    from ncsn_ray.evaluate.job import EvaluateOptions
 
     return EvaluateOptions(
         samples=args.samples, reference=args.reference, metrics=args.metrics, inception_weights=args.inception_weights,
@@ -86,7 +86,7 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import evaluate
+    from ncsn_ray.evaluate import job as evaluate
 
     return evaluate.run(options_from(args), log=functools.partial(print, flush=True))
 

@@ -111,9 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace):
-    from ncsn_ray.inpaint import InpaintOptions
-    from ncsn_ray.generate import GenerateOptions
-    from ncsn_ray.sample_pipeline import ActorPlan
+    from ncsn_ray.sample.inpaint import InpaintOptions
+    from ncsn_ray.sample.generate import GenerateOptions
+    from ncsn_ray.sample.pipeline import ActorPlan
 
     common = dict(
         checkpoint=args.checkpoint, out=args.out, seed=args.seed, batch_size=args.batch_size,
@@ -129,7 +129,9 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import generate, inpaint
+    from ncsn_ray.sample import generate
+
+    from ncsn_ray.sample import inpaint
 
     job = generate if args.mode == "generate" else inpaint
     return job.run(options_from(args), log=functools.partial(print, flush=True))

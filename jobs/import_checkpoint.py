@@ -50,14 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace):
-    from ncsn_ray.import_checkpoint import ImportOptions
+    from ncsn_ray.train.import_original import ImportOptions
 
     return ImportOptions(format=args.format, config=args.config, source=args.source, out=args.out, step=args.step,
                          endpoint_url=args.s3_endpoint)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import import_checkpoint
+    from ncsn_ray.train import import_original as import_checkpoint
 
     return import_checkpoint.run(options_from(args), log=functools.partial(print, flush=True))
 

@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ncsn_ray.errors import run_job  # noqa: E402
-from ncsn_ray.sources import DATASETS, SourceUsageError, static_spec  # noqa: E402
+from ncsn_ray.data.sources import DATASETS, SourceUsageError, static_spec  # noqa: E402
 
-DEFAULT_SHARD_SIZE = 10_000  # = ncsn_ray.prepare.DEFAULT_SHARD_SIZE (not imported: --help stays fast)
+DEFAULT_SHARD_SIZE = 10_000  # = ncsn_ray.data.prepare.DEFAULT_SHARD_SIZE (not imported: --help stays fast)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace):
-    from ncsn_ray.prepare import PrepareOptions
+    from ncsn_ray.data.prepare import PrepareOptions
 
     return PrepareOptions(dataset=args.dataset, out=args.out, shard_size=args.shard_size, root=args.root,
                           image_size=args.image_size, channels=args.channels, endpoint_url=args.s3_endpoint,
@@ -70,7 +70,7 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import prepare
+    from ncsn_ray.data import prepare
 
     return prepare.run(options_from(args), log=functools.partial(print, flush=True))
 

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace):
-    from ncsn_ray.train import TrainOptions
+    from ncsn_ray.train.job import TrainOptions
 
     return TrainOptions(
         **({"config": args.config} if args.config else {}), data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
@@ -89,7 +89,7 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import train
+    from ncsn_ray.train import job as train
 
     return train.run(options_from(args), log=functools.partial(print, flush=True))
 

@@ -39,7 +39,7 @@ from ncsn_core.noise import geometric_sigmas
 from ncsn_core.toy import GaussianMixture, lower_left_fraction
 
 from .errors import UserError
-from .figures import field_panel, hstack_panels, save_png, scatter_panel
+from .io.figures import field_panel, hstack_panels, save_png, scatter_panel
 
 __all__ = ["ToyOptions", "run"]
 

@@ -60,7 +60,7 @@ def ray_local():
     on a heavily loaded machine that can run out, so start-up is tried a second time."""
     import ray
 
-    from ncsn_ray.raycluster import init_ray
+    from ncsn_ray.cluster import init_ray
 
     try:
         started = init_ray(num_cpus=2, object_store_memory=150_000_000, log=lambda *a: None)
@@ -77,7 +77,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def digits_local(tmp_path_factory):
     """scikit-learn's digits prepared once per session into a local folder (a real dataset)."""
-    from ncsn_ray.prepare import prepare_dataset
+    from ncsn_ray.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("data") / "digits"
     prepare_dataset("digits", str(out), log=lambda *a: None)

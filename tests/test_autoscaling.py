@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncsn_ray.samples import read_sample_manifest
-from ncsn_ray.storage import Storage
+from ncsn_ray.sample.sample_set import read_sample_manifest
+from ncsn_ray.io.storage import Storage
 from support.data import make_tiny_run
 from support.ray_head import (
     alive_nodes,
@@ -135,7 +135,7 @@ def test_jobs_scale_gpu_nodes_up_from_zero_and_back_down(tmp_path):
 
 
 def _digits(tmp_path: Path) -> Path:
-    from ncsn_ray.prepare import prepare_dataset
+    from ncsn_ray.data.prepare import prepare_dataset
 
     data = tmp_path / "digits"
     prepare_dataset("digits", str(data), log=lambda m: None)

@@ -1,4 +1,4 @@
-"""The offline digits metric (ncsn_ray.digits_quality, jobs/evaluate.py --metrics digits).
+"""The offline digits metric (ncsn_ray.evaluate.digits, jobs/evaluate.py --metrics digits).
 
 Checked against sets whose answer is known: real digits score near the floor, a Gaussian
 fitted to the pixels and uniform noise score far above it, in that order; copies of
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncsn_ray import digits_quality as dq
-from ncsn_ray.storage import Storage
+from ncsn_ray.evaluate import digits as dq
+from ncsn_ray.io.storage import Storage
 from support.data import write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]

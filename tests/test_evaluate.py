@@ -1,4 +1,4 @@
-"""FID / IS / KID evaluation (ncsn_ray.evaluate, jobs/evaluate.py) with torch-fidelity.
+"""FID / IS / KID evaluation (ncsn_ray.evaluate.job, jobs/evaluate.py) with torch-fidelity.
 
 The real InceptionV3 weights cannot be downloaded here, so the full path runs with a weights
 file made in the test (``inception_weights_file`` in conftest.py): torch-fidelity's own
@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from ncsn_ray.datasets import DatasetError
-from ncsn_ray.evaluate import EvaluationError, evaluate, evaluate_on_ray
-from ncsn_ray.fidelity import CACHE_DIR, UInt8ImageDataset
-from ncsn_ray.samples import SampleSetError
-from ncsn_ray.storage import Storage
+from ncsn_ray.data.format import DatasetError
+from ncsn_ray.evaluate.job import EvaluationError, evaluate, evaluate_on_ray
+from ncsn_ray.evaluate.fidelity import CACHE_DIR, UInt8ImageDataset
+from ncsn_ray.sample.sample_set import SampleSetError
+from ncsn_ray.io.storage import Storage
 from support.data import digits_uint8, write_dataset, write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_evaluation_as_a_ray_task(inception_weights, tmp_path, monkeypatch):
     """The default CLI path: one Ray task; bad input found inside the task keeps its type."""
     import ray
 
-    from ncsn_ray.raycluster import init_ray
+    from ncsn_ray.cluster import init_ray
 
     reference, samples = tmp_path / "reference", tmp_path / "samples"
     write_dataset(Storage.from_uri(str(reference)), digits_uint8(8), shard_size=4)

@@ -1,7 +1,7 @@
-"""Batch generation and inpainting with Ray Data (ncsn_ray.generate, ncsn_ray.inpaint, ncsn_ray.samples,
+"""Batch generation and inpainting with Ray Data (ncsn_ray.sample.generate, ncsn_ray.sample.inpaint, ncsn_ray.sample.sample_set,
 jobs/generate.py) against real components: a tiny checkpoint trained here with
 ``ncsn_core.dsm_loss``, a real local Ray instance shared by the module, a real S3 API on
-loopback (moto), prepared datasets written with ``ncsn_ray.datasets``, the CLI in
+loopback (moto), prepared datasets written with ``ncsn_ray.data.format``, the CLI in
 subprocesses, and ``ray job submit`` to a token-authenticated ``ray start --head``.
 """
 
@@ -19,17 +19,18 @@ import pytest
 import torch
 from PIL import Image
 
-from ncsn_ray import digits_quality as dq
-from ncsn_ray import generate, inpaint
-from ncsn_ray.checkpoints import load_checkpoint_uri
+from ncsn_ray.evaluate import digits as dq
+from ncsn_ray.sample import generate
+from ncsn_ray.sample import inpaint
+from ncsn_ray.train.checkpoints import load_checkpoint_uri
 from ncsn_ray.errors import UserError
-from ncsn_ray.figures import decode_png
-from ncsn_ray.generate import GenerateOptions, default_shard_size
-from ncsn_ray.inpaint import InpaintOptions
-from ncsn_ray.sample_pipeline import ActorPlan
-from ncsn_ray.sampler import Sampler, SamplerSettings, image_mask, override_sampling
-from ncsn_ray.samples import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
-from ncsn_ray.storage import Storage
+from ncsn_ray.io.figures import decode_png
+from ncsn_ray.sample.generate import GenerateOptions, default_shard_size
+from ncsn_ray.sample.inpaint import InpaintOptions
+from ncsn_ray.sample.pipeline import ActorPlan
+from ncsn_ray.sample.sampler import Sampler, SamplerSettings, image_mask, override_sampling
+from ncsn_ray.sample.sample_set import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
+from ncsn_ray.io.storage import Storage
 from support.data import digits_uint8, make_tiny_run, write_dataset
 from support.jobs import load_job
 

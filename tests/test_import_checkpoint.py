@@ -18,8 +18,8 @@ import yaml
 
 from ncsn_core import NCSN, load_checkpoint
 from ncsn_core.original_ncsn import to_original_names, to_project_names
-from ncsn_ray.checkpoints import list_checkpoints
-from ncsn_ray.storage import Storage
+from ncsn_ray.train.checkpoints import list_checkpoints
+from ncsn_ray.io.storage import Storage
 from support.jobs import load_job
 
 REPO = Path(__file__).resolve().parents[1]

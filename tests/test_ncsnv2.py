@@ -20,7 +20,7 @@ from ncsn_core.noise import (
     suggest_num_levels,
     suggest_step_size,
 )
-from ncsn_ray.datasets import max_pairwise_distance
+from ncsn_ray.data.format import max_pairwise_distance
 from support.train_helpers import REPO
 
 
@@ -88,8 +88,8 @@ def test_published_v2_configs_are_the_papers(name):
 @pytest.mark.timeout(600)
 def test_digits_v2_trains_and_samples_through_the_jobs(ray_local, digits_local, tmp_path):
     from ncsn_core import load_checkpoint
-    from ncsn_ray.samples import read_sample_manifest
-    from ncsn_ray.storage import Storage
+    from ncsn_ray.sample.sample_set import read_sample_manifest
+    from ncsn_ray.io.storage import Storage
     from support.jobs import load_job
 
     storage = tmp_path / "runs"

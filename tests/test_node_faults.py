@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ncsn_core import load_checkpoint
-from ncsn_ray.checkpoints import RAY_TRAIN_SNAPSHOT
+from ncsn_ray.train.checkpoints import RAY_TRAIN_SNAPSHOT
 from support.data import make_tiny_run
 from support.jobs import load_job
 from support.train_helpers import metrics, write_tiny_config
@@ -99,9 +99,9 @@ def test_removing_a_node_that_hosts_a_sampling_actor_loses_and_duplicates_nothin
     import ray
     from ray.cluster_utils import Cluster
 
-    from ncsn_ray import generate
-    from ncsn_ray.generate import GenerateOptions
-    from ncsn_ray.sample_pipeline import ActorPlan
+    from ncsn_ray.sample import generate
+    from ncsn_ray.sample.generate import GenerateOptions
+    from ncsn_ray.sample.pipeline import ActorPlan
 
     run = tmp_path / "run"
     make_tiny_run(run)

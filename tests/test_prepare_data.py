@@ -1,4 +1,4 @@
-"""Dataset preparation (ncsn_ray.prepare, jobs/prepare_data.py) against real components:
+"""Dataset preparation (ncsn_ray.data.prepare, jobs/prepare_data.py) against real components:
 scikit-learn's digits, torchvision's MNIST reader over idx files written here, image folders
 of PNGs written here, a local folder and a real S3 API on loopback (moto)."""
 
@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ncsn_ray.datasets import MANIFEST_NAME, DatasetManifest, decode_images, iter_tables, read_manifest
-from ncsn_ray.prepare import DEFAULT_SHARD_SIZE, RECORD_NAME, PrepareError, ensure_prepared, prepare_dataset
-from ncsn_ray.sources import CELEBA_CROP, CELEBA_SIZE, SourceError, SourceUsageError, load_image
-from ncsn_ray.storage import Storage, StorageError
+from ncsn_ray.data.format import MANIFEST_NAME, DatasetManifest, decode_images, iter_tables, read_manifest
+from ncsn_ray.data.prepare import DEFAULT_SHARD_SIZE, RECORD_NAME, PrepareError, ensure_prepared, prepare_dataset
+from ncsn_ray.data.sources import CELEBA_CROP, CELEBA_SIZE, SourceError, SourceUsageError, load_image
+from ncsn_ray.io.storage import Storage, StorageError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "jobs" / "prepare_data.py"

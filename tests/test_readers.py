@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ncsn_ray import generate
-from ncsn_ray.generate import GenerateOptions
-from ncsn_ray.prepare import prepare_dataset
-from ncsn_ray.sample_pipeline import ActorPlan
+from ncsn_ray.sample import generate
+from ncsn_ray.sample.generate import GenerateOptions
+from ncsn_ray.data.prepare import prepare_dataset
+from ncsn_ray.sample.pipeline import ActorPlan
 from support.data import make_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]

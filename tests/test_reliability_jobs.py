@@ -18,14 +18,14 @@ import boto3
 import pytest
 
 from ncsn_core import load_checkpoint
-from ncsn_ray import generate
-from ncsn_ray.checkpoints import list_checkpoints
+from ncsn_ray.sample import generate
+from ncsn_ray.train.checkpoints import list_checkpoints
 from ncsn_ray.errors import EXIT_FAILED, exit_code
-from ncsn_ray.generate import GenerateOptions
-from ncsn_ray.prepare import prepare_dataset
-from ncsn_ray.sample_pipeline import ActorPlan
-from ncsn_ray.samples import read_sample_manifest
-from ncsn_ray.storage import Storage
+from ncsn_ray.sample.generate import GenerateOptions
+from ncsn_ray.data.prepare import prepare_dataset
+from ncsn_ray.sample.pipeline import ActorPlan
+from ncsn_ray.sample.sample_set import read_sample_manifest
+from ncsn_ray.io.storage import Storage
 from support.data import make_tiny_run
 from support.jobs import load_job
 from support.s3 import list_keys, read_objects

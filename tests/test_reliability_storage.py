@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from ncsn_ray.datasets import DatasetError, read_manifest
-from ncsn_ray.samples import SampleSetError, read_sample_manifest
-from ncsn_ray.storage import Storage, StorageError, describe_storage_error
+from ncsn_ray.data.format import DatasetError, read_manifest
+from ncsn_ray.sample.sample_set import SampleSetError, read_sample_manifest
+from ncsn_ray.io.storage import Storage, StorageError, describe_storage_error
 from support.data import digits_uint8, write_dataset, write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from ncsn_core import load_checkpoint
-from ncsn_ray.checkpoints import list_checkpoints
-from ncsn_ray.prepare import prepare_dataset
-from ncsn_ray.storage import Storage
+from ncsn_ray.train.checkpoints import list_checkpoints
+from ncsn_ray.data.prepare import prepare_dataset
+from ncsn_ray.io.storage import Storage
 from support.jobs import load_job
 from support.train_helpers import REPO, metrics, write_tiny_config
 

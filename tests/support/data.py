@@ -1,7 +1,7 @@
 """Test data made in the test: digits images, prepared datasets, sample sets, a tiny trained run.
 
-Everything is written with the project's own formats (``ncsn_ray.datasets``,
-``ncsn_ray.samples``, ``ncsn_core.save_checkpoint``), on local disk or the moto S3 server.
+Everything is written with the project's own formats (``ncsn_ray.data.format``,
+``ncsn_ray.sample.sample_set``, ``ncsn_core.save_checkpoint``), on local disk or the moto S3 server.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pyarrow as pa
 import torch
 
 from ncsn_core import build_model, config_from_dict, dsm_loss, geometric_sigmas, save_checkpoint, train_step
-from ncsn_ray.datasets import DatasetManifest, ShardInfo, encode_rows, write_manifest
-from ncsn_ray.figures import png_bytes
-from ncsn_ray.samples import GENERATE_SCHEMA, make_job_spec, open_sample_set, plan_units
-from ncsn_ray.samples import write_manifest as write_sample_manifest
-from ncsn_ray.storage import Storage
+from ncsn_ray.data.format import DatasetManifest, ShardInfo, encode_rows, write_manifest
+from ncsn_ray.io.figures import png_bytes
+from ncsn_ray.sample.sample_set import GENERATE_SCHEMA, make_job_spec, open_sample_set, plan_units
+from ncsn_ray.sample.sample_set import write_manifest as write_sample_manifest
+from ncsn_ray.io.storage import Storage
 
 TINY_RUN_CONFIG = {
     "name": "tiny",
@@ -37,7 +37,7 @@ def digits_uint8(n: int) -> np.ndarray:
 
 def write_dataset(storage: Storage, images: np.ndarray, shard_size: int = 8, *, first_id: int = 0,
                   manifest: bool = True) -> None:
-    """A prepared dataset (ids ``first_id, first_id + 1, ...``) written with ncsn_ray.datasets."""
+    """A prepared dataset (ids ``first_id, first_id + 1, ...``) written with ncsn_ray.data.format."""
     shards = []
     for index, start in enumerate(range(0, len(images), shard_size)):
         chunk = images[start : start + shard_size]
@@ -51,7 +51,7 @@ def write_dataset(storage: Storage, images: np.ndarray, shard_size: int = 8, *, 
 
 
 def write_sample_set(storage: Storage, images: np.ndarray, *, shard_size: int = 8, complete: bool = True) -> None:
-    """A sample set in the generation job's format (seeds 0..n-1), built with ncsn_ray.samples."""
+    """A sample set in the generation job's format (seeds 0..n-1), built with ncsn_ray.sample.sample_set."""
     c = images.shape[-1]
     identity = {"n": len(images), "seed": 0, "shard_size": shard_size, "image_shape": [c, *images.shape[1:3]]}
     spec = make_job_spec("generate", identity, {"made_by": "test"})

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

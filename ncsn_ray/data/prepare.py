@@ -1,6 +1,6 @@
-"""Prepare a dataset: a source (:mod:`ncsn_ray.sources`) -> Parquet shards + manifest in storage.
+"""Prepare a dataset: a source (:mod:`ncsn_ray.data.sources`) -> Parquet shards + manifest in storage.
 
-Layout and row format are :mod:`ncsn_ray.datasets`'s: ``shard-00000.parquet ...`` holding
+Layout and row format are :mod:`ncsn_ray.data.format`'s: ``shard-00000.parquet ...`` holding
 ``id int64, image binary (PNG), label int64|null``, and ``manifest.json`` written last.
 Shard ``k`` holds ids ``k * shard_size .. min((k + 1) * shard_size, N) - 1``; row ``k`` of the
 source gets id ``k``, so a re-run produces identical shards.
@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .datasets import (
+from .format import (
     MANIFEST_NAME,
     MAX_DISTANCE_ROWS,
     SCHEMA,
@@ -50,9 +50,9 @@ from .datasets import (
     shard_name,
     write_manifest,
 )
-from .layout import PREPARE_RECORD, existing_name
+from ..io.layout import PREPARE_RECORD, existing_name
 from .sources import SourceSpec, SourceUsageError, describe, open_source, static_spec
-from .storage import Storage, StorageError
+from ..io.storage import Storage, StorageError
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -123,7 +123,7 @@ def prepare_dataset(
 ) -> DatasetManifest:
     """Write ``dataset`` as Parquet shards plus a manifest under ``out_uri``; return the manifest.
 
-    ``dataset``: one of :data:`ncsn_ray.sources.DATASETS`. ``shard_size``: rows per shard
+    ``dataset``: one of :data:`ncsn_ray.data.sources.DATASETS`. ``shard_size``: rows per shard
     (default: the unfinished run's size if one is being completed, else
     :data:`DEFAULT_SHARD_SIZE`). ``root``: the folder of images (imagefolder) or of the
     torchvision files (mnist, cifar10, celeba). ``image_size``/``channels``: imagefolder's
@@ -135,9 +135,9 @@ def prepare_dataset(
     False when an existing shard was kept). An exception raised from it aborts the run
     before the manifest is written, exactly like an interruption; tests use this.
 
-    Raises :class:`~ncsn_ray.sources.SourceUsageError` (bad options),
-    :class:`~ncsn_ray.sources.SourceError` (missing source, unreadable image),
-    :class:`PrepareError` (output holds something else), :class:`~ncsn_ray.storage.StorageError`
+    Raises :class:`~ncsn_ray.data.sources.SourceUsageError` (bad options),
+    :class:`~ncsn_ray.data.sources.SourceError` (missing source, unreadable image),
+    :class:`PrepareError` (output holds something else), :class:`~ncsn_ray.io.storage.StorageError`
     (output unreachable or unwritable).
     """
     if shard_size is not None and int(shard_size) < 1:

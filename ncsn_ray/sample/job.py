@@ -5,7 +5,7 @@ compute the missing shards on the actor pool, draw the figure, write the manifes
 and pins the checkpoint; each job then describes itself as a :class:`SampleJob` (its shard
 plan, identity, actor class and figure) and :func:`execute` runs it. Re-running a finished
 job does nothing; re-running an interrupted one computes only the missing shards; another
-job into the same folder is refused (:mod:`ncsn_ray.samples`).
+job into the same folder is refused (:mod:`ncsn_ray.sample.sample_set`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import torch
 from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import resolve_auto
 
-from .checkpoints import PinnedCheckpoint, pin_checkpoint
-from .errors import JobFailed, UserError
-from .layout import default_run_uri
-from .sample_pipeline import ActorPlan, Progress, run_pipeline
+from ..train.checkpoints import PinnedCheckpoint, pin_checkpoint
+from ..errors import JobFailed, UserError
+from ..io.layout import default_run_uri
+from .pipeline import ActorPlan, Progress, run_pipeline
 from .sampler import SamplerSettings, override_sampling
-from .samples import WorkUnit, finished_units, make_job_spec, open_sample_set, write_manifest
-from .storage import Storage, StorageError, endpoint_from_env, utc_timestamp
+from .sample_set import WorkUnit, finished_units, make_job_spec, open_sample_set, write_manifest
+from ..io.storage import Storage, StorageError, endpoint_from_env, utc_timestamp
 
 __all__ = ["SamplingOptions", "SamplingSetup", "SampleJob", "resolve_sampling", "execute", "LOG_PREFIX"]
 
@@ -143,7 +143,7 @@ def job_info(setup: SamplingSetup, plan: ActorPlan) -> dict[str, Any]:
 
 
 def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -> dict[str, Any]:
-    """Constructor arguments every shard actor takes (see :mod:`ncsn_ray.sample_actors`)."""
+    """Constructor arguments every shard actor takes (see :mod:`ncsn_ray.sample.actors`)."""
     return {
         "checkpoint": setup.pinned.to_dict(),
         "settings": setup.settings.to_dict(),

@@ -20,8 +20,8 @@ from typing import Any
 
 from ncsn_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-from .layout import CHECKPOINT_FILE, STEP_FILE
-from .storage import Storage, StorageError
+from ..io.layout import CHECKPOINT_FILE, STEP_FILE
+from ..io.storage import Storage, StorageError
 
 __all__ = [
     "CHECKPOINT_FILE",

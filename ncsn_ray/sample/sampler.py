@@ -36,9 +36,9 @@ from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import Config
 from ncsn_core.inpainting import MASK_KINDS
 
-from .errors import JobFailed, UserError
-from .figures import image_grid, to_uint8
-from .storage import Storage, StorageError
+from ..errors import JobFailed, UserError
+from ..io.figures import image_grid, to_uint8
+from ..io.storage import Storage, StorageError
 
 __all__ = [
     "SamplerSettings",

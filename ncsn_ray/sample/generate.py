@@ -1,7 +1,7 @@
 """Generation: ``n`` samples (seeds ``seed .. seed + n - 1``) from a checkpoint into a sample set.
 
 ``run(GenerateOptions(...))`` is what ``jobs/generate.py`` calls. Seeds are the rows; a
-shard of seeds is the unit of work (:mod:`ncsn_ray.sample_job`). The shard plan depends
+shard of seeds is the unit of work (:mod:`ncsn_ray.sample.job`). The shard plan depends
 only on ``n``, the first seed, the shard size and the batch size (all recorded in the job
 spec), never on how many actors run it, so the same command gives the same bytes on one
 actor or many.
@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UserError
-from .figures import decode_png, image_grid
-from .layout import GRID, STRIP, default_samples_uri
-from .sample_actors import GenerateShards
-from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
-from .samples import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units, recorded_identity
-from .storage import Storage
+from ..errors import UserError
+from ..io.figures import decode_png, image_grid
+from ..io.layout import GRID, STRIP, default_samples_uri
+from .actors import GenerateShards
+from .job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
+from .sample_set import GENERATE_SCHEMA, WorkUnit, first_rows, plan_units, recorded_identity
+from ..io.storage import Storage
 
 __all__ = ["GenerateOptions", "run", "default_shard_size", "GRID_IMAGES", "MAX_SHARD_SIZE"]
 

@@ -1,6 +1,6 @@
 """Sample sets: Parquet shards named by seed range, a job spec written first, a manifest last.
 
-Layout under a sample-set URI (``kind`` ``"generate"``; names from :mod:`ncsn_ray.layout`)::
+Layout under a sample-set URI (``kind`` ``"generate"``; names from :mod:`ncsn_ray.io.layout`)::
 
     _job.json                                written first: what the job computes
     samples-000000-000999.parquet, ...       one row per seed: seed int64, image binary (PNG)
@@ -39,10 +39,10 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .errors import UserError
-from .figures import decode_png
-from .layout import JOB_SPEC, MANIFEST, existing_name
-from .storage import Storage, StorageError, json_bytes, utc_timestamp
+from ..errors import UserError
+from ..io.figures import decode_png
+from ..io.layout import JOB_SPEC, MANIFEST, existing_name
+from ..io.storage import Storage, StorageError, json_bytes, utc_timestamp
 
 __all__ = [
     "SampleSetError",

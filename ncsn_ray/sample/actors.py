@@ -1,10 +1,10 @@
 """Ray Data callable classes that sample one shard per call and write it to storage.
 
 Both take one descriptor row per call (``name``, ``start``, ``stop``, ``first``, ``last``:
-see :class:`ncsn_ray.samples.WorkUnit`) and return one status row (``name``, ``count``,
+see :class:`ncsn_ray.sample.sample_set.WorkUnit`) and return one status row (``name``, ``count``,
 ``seconds``, ``pid``). The shard is written as one object, so a shard that exists is
 complete. After each level of annealing they post the shard's progress to the job's
-:class:`~ncsn_ray.sample_pipeline.ProgressBoard`.
+:class:`~ncsn_ray.sample.pipeline.ProgressBoard`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .checkpoints import PinnedCheckpoint, load_pinned
-from .datasets import SCHEMA as DATASET_SCHEMA
-from .errors import JobFailed, NcsnError, UserError
-from .figures import decode_png, image_grid, png_bytes, to_uint8
-from .layout import STRIP
-from .raycluster import fake_gpus
+from ..train.checkpoints import PinnedCheckpoint, load_pinned
+from ..data.format import SCHEMA as DATASET_SCHEMA
+from ..errors import JobFailed, NcsnError, UserError
+from ..io.figures import decode_png, image_grid, png_bytes, to_uint8
+from ..io.layout import STRIP
+from ..cluster import fake_gpus
 from .sampler import Sampler, SamplerSettings, image_mask, inpaint_seed
-from .samples import GENERATE_SCHEMA, INPAINT_SCHEMA
-from .storage import Storage
+from .sample_set import GENERATE_SCHEMA, INPAINT_SCHEMA
+from ..io.storage import Storage
 
 __all__ = ["GenerateShards", "InpaintShards", "OCCLUDED_FILL"]
 
@@ -153,7 +153,7 @@ class GenerateShards(_ShardActor):
 class InpaintShards(_ShardActor):
     """Rows ``[start, stop)`` of a prepared dataset in (positions in its shard order), one
     shard of inpaintings out: per image the mask, the occluded image, K inpaintings and the
-    original. Each (image id, k) has its own seed (:func:`~ncsn_ray.sampler.inpaint_seed`)."""
+    original. Each (image id, k) has its own seed (:func:`~ncsn_ray.sample.sampler.inpaint_seed`)."""
 
     def __init__(self, *, data_uri: str, data_shards: list[dict[str, Any]], mask: dict[str, Any],
                  samples_per_image: int, seed: int, renoise: str = "level", **kwargs: Any):

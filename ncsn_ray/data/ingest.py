@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .datasets import DatasetManifest, decode_images
-from .storage import Storage
+from .format import DatasetManifest, decode_images
+from ..io.storage import Storage
 
 __all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches"]
 

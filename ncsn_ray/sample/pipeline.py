@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import UserError
-from .samples import WorkUnit
+from ..errors import UserError
+from .sample_set import WorkUnit
 
 __all__ = ["ActorPlan", "Progress", "ProgressBoard", "run_pipeline", "format_seconds"]
 
@@ -217,7 +217,7 @@ def run_pipeline(
     """Run the actor pool over the pending shards, starting (and then stopping) Ray if needed."""
     import ray
 
-    from .raycluster import init_ray
+    from ..cluster import init_ray
 
     started_ray = init_ray(log=log)
     try:

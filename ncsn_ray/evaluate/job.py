@@ -1,5 +1,5 @@
 """Scores of a sample set: FID, Inception Score and KID against a prepared dataset
-(:mod:`ncsn_ray.fidelity`), and the offline digits metric (:mod:`ncsn_ray.digits_quality`).
+(:mod:`ncsn_ray.evaluate.fidelity`), and the offline digits metric (:mod:`ncsn_ray.evaluate.digits`).
 
 ``run(EvaluateOptions(...))`` is what ``jobs/evaluate.py`` calls. The sample set is read
 straight from storage and must be complete (its manifest exists). ``fid``, ``isc`` and
@@ -20,13 +20,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import digits_quality
-from .datasets import DatasetManifest, read_manifest, verify_shards
-from .errors import UserError, root_cause
+from . import digits as digits_quality
+from ..data.format import DatasetManifest, read_manifest, verify_shards
+from ..errors import UserError, root_cause
 from .fidelity import INCEPTION_METRICS, FidelityError, inception_scores, resolve_inception_weights
-from .layout import SCORES
-from .samples import iter_sample_images, read_sample_manifest
-from .storage import Storage, endpoint_from_env, utc_timestamp
+from ..io.layout import SCORES
+from ..sample.sample_set import iter_sample_images, read_sample_manifest
+from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 
 __all__ = ["EvaluationError", "EvaluateOptions", "EvalInputs", "METRICS", "check_inputs", "evaluate",
            "evaluate_on_ray", "run", "SCORES_NAME"]
@@ -178,7 +178,7 @@ def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, num_c
     """
     import ray
 
-    from .raycluster import init_ray
+    from ..cluster import init_ray
 
     if not num_cpus > 0:
         raise EvaluationError(f"the number of CPUs must be positive, got {num_cpus}")

@@ -14,16 +14,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .datasets import read_manifest, verify_shards
-from .errors import UserError
-from .figures import decode_png, image_grid
+from ..data.format import read_manifest, verify_shards
+from ..errors import UserError
+from ..io.figures import decode_png, image_grid
 from .generate import figure_scale
-from .layout import FIGURE, default_samples_uri
-from .sample_actors import InpaintShards
-from .sample_job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
+from ..io.layout import FIGURE, default_samples_uri
+from .actors import InpaintShards
+from .job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
 from .sampler import MASK_KINDS, load_mask_file
-from .samples import INPAINT_SCHEMA, WorkUnit, first_rows, plan_units
-from .storage import Storage
+from .sample_set import INPAINT_SCHEMA, WorkUnit, first_rows, plan_units
+from ..io.storage import Storage
 
 __all__ = ["InpaintOptions", "run", "FIGURE_ROWS"]
 

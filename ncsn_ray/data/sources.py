@@ -24,7 +24,7 @@ there when they are missing and ``download`` is on (default root: ``$NCSN_DATA_R
 ``~/.cache/ncsn_ray/data``). A missing source raises :class:`SourceError` saying how to
 provide the files; an unreadable image raises :class:`SourceError` naming the file.
 
-Nothing here touches the output storage; see :mod:`ncsn_ray.prepare`.
+Nothing here touches the output storage; see :mod:`ncsn_ray.data.prepare`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "DATASETS",

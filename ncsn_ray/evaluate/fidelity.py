@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .datasets import DatasetManifest, decode_images, iter_tables
-from .errors import UserError
-from .layout import FIDELITY_CACHE
-from .storage import Storage, StorageError
+from ..data.format import DatasetManifest, decode_images, iter_tables
+from ..errors import UserError
+from ..io.layout import FIDELITY_CACHE
+from ..io.storage import Storage, StorageError
 
 __all__ = ["FidelityError", "UInt8ImageDataset", "resolve_inception_weights", "inception_scores", "CACHE_DIR",
            "FEATURE_EXTRACTOR", "INCEPTION_METRICS"]

@@ -5,7 +5,7 @@ checks the config, the dataset (manifest present, image shape as the config says
 default digits data is prepared into ``runs/data/digits`` if missing), the storage location
 (writable) and an existing run's compatibility with the config; any problem is a
 :class:`~ncsn_ray.errors.UserError` naming it. Then a ``ray.train.torch.TorchTrainer``
-(Train V2) runs :func:`~ncsn_ray.training_loop.train_loop_per_worker` on ``num_workers``
+(Train V2) runs :func:`~ncsn_ray.train.loop.train_loop_per_worker` on ``num_workers``
 DDP workers, reading the Parquet shards through Ray Data and checkpointing into
 ``{storage}/{name}``. Re-running with the same storage and name resumes.
 """
@@ -23,16 +23,16 @@ from ncsn_core.config import resolve_auto
 from ncsn_core.config import Config
 
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
-from .datasets import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
-from .errors import JobFailed, UserError, root_cause
-from .layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
-from .raycluster import FAKE_GPUS_ENV
-from .storage import Storage, StorageError
-from .training_loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
+from ..data.format import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
+from ..errors import JobFailed, UserError, root_cause
+from ..io.layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
+from ..cluster import FAKE_GPUS_ENV
+from ..io.storage import Storage, StorageError
+from .loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "digits.yaml")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml")
 AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
 IMAGE_MODELS = ("ncsn", "ncsnv2")
 
@@ -89,7 +89,7 @@ def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Stor
     if default_location and existing_name(data, MANIFEST) is None:
         if config.data.dataset not in AUTO_PREPARED:
             raise UserError(f"no dataset given and data.dataset {config.data.dataset!r} cannot be prepared automatically")
-        from .prepare import ensure_prepared
+        from ..data.prepare import ensure_prepared
 
         log(f"[train] preparing {config.data.dataset} into {data_uri}")
         ensure_prepared(config.data.dataset, data_uri, endpoint_url=options.endpoint_url, log=log)
@@ -220,7 +220,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
         log(f"[train] {run_location.uri} is already at step {start_step} >= {config.training.steps}: nothing to do")
         return {"step": start_step, "run": run_location.uri, "status": "already complete"}
 
-    from .raycluster import cluster_cpus, init_ray
+    from ..cluster import cluster_cpus, init_ray
 
     started = time.perf_counter()
     started_ray = init_ray(log=log)
@@ -255,7 +255,7 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .train_data import build_train_dataset
+    from ..data.ingest import build_train_dataset
 
     # Ray Train's preemption watcher only logs node drains (recovery from a preempted node
     # works without it), and in Ray 2.60 it logs an error line at every start

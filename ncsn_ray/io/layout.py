@@ -97,7 +97,7 @@ def run_name(checkpoint_uri: str) -> str:
 
 
 def existing_name(folder, name: str) -> str | None:
-    """``name`` if ``folder`` (a :class:`~ncsn_ray.storage.Storage`) holds it, else its legacy
+    """``name`` if ``folder`` (a :class:`~ncsn_ray.io.storage.Storage`) holds it, else its legacy
     name if that is there (sets written before the ``_`` names), else None."""
     if folder.exists(name):
         return name

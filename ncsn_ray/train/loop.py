@@ -5,7 +5,7 @@ through :func:`ncsn_core.train_step`, its share of the data from
 ``ray.train.get_dataset_shard("train")``. Checkpoints are reported with
 ``ray.train.report(checkpoint=...)`` into the run folder ``RunConfig(storage_path, name)``.
 
-Run folder ``{storage}/{name}/`` (names in :mod:`ncsn_ray.layout`):
+Run folder ``{storage}/{name}/`` (names in :mod:`ncsn_ray.io.layout`):
 
 * ``checkpoint_XXXXXXXX/checkpoint.pt`` + ``step.txt``: the last ``keep_checkpoints`` are
   kept; re-running with the same storage and name resumes from the newest (step counter,
@@ -40,13 +40,13 @@ from ncsn_core import train_step
 from ncsn_core.checkpoint import CheckpointError, checkpoint_bytes
 from ncsn_core.config import Config
 
-from .errors import JobFailed
-from .figures import loss_plot
-from .layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STOPPED_FILE
-from .sample_pipeline import format_seconds
-from .sampler import Sampler, SamplerSettings, preview_grid
-from .storage import Storage
-from .train_data import WorkerBatches, augment
+from ..errors import JobFailed
+from ..io.figures import loss_plot
+from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STOPPED_FILE
+from ..sample.pipeline import format_seconds
+from ..sample.sampler import Sampler, SamplerSettings, preview_grid
+from ..io.storage import Storage
+from ..data.ingest import WorkerBatches, augment
 
 __all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker", "FAILURE_MARKER"]
 

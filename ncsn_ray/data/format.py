@@ -1,6 +1,6 @@
 """Prepared image datasets: a folder of Parquet shards plus a manifest written last.
 
-Layout under the dataset URI (see :mod:`ncsn_ray.layout`)::
+Layout under the dataset URI (see :mod:`ncsn_ray.io.layout`)::
 
     shard-00000.parquet, shard-00001.parquet, ...   rows: id int64, image binary (PNG), label int64|null
     _prepare.json                                   the preparation record (written first)
@@ -27,10 +27,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .errors import UserError
-from .figures import decode_png, png_bytes
-from .layout import MANIFEST, existing_name
-from .storage import Storage
+from ..errors import UserError
+from ..io.figures import decode_png, png_bytes
+from ..io.layout import MANIFEST, existing_name
+from ..io.storage import Storage
 
 __all__ = [
     "DatasetError",

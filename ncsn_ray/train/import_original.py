@@ -31,9 +31,9 @@ from ncsn_core.checkpoint import checkpoint_bytes
 from ncsn_core.original_ncsn import to_project_names
 
 from .checkpoints import list_checkpoints
-from .errors import UserError
-from .layout import CHECKPOINT_FILE, STEP_FILE
-from .storage import Storage
+from ..errors import UserError
+from ..io.layout import CHECKPOINT_FILE, STEP_FILE
+from ..io.storage import Storage
 
 __all__ = ["ImportOptions", "run", "FORMATS"]
 

@@ -1,0 +1,1 @@
+"""Scoring sample sets: torch-fidelity metrics and the offline digits metric."""

@@ -1,0 +1,1 @@
+"""Training: the Ray Train job, the per-worker loop, checkpoints and imports of published weights."""
