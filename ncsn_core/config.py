@@ -16,6 +16,7 @@ the resolved numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ class SamplingConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False  # torch.compile the network
     preview_samples: int = 64  # images in the PNG grids written during training
+    # The sampler (ncsn_core.fast_sampling). annealed_langevin (the paper's Algorithm 1) uses
+    # steps_per_level, eps and init above; the fast samplers walk a schedule of `steps` sigmas
+    # from the Gaussian prior N(0.5, sigma_1^2) and use the keys below.
+    method: str = "annealed_langevin"  # annealed_langevin | euler | heun | edm | pc
+    steps: Union[int, None] = None  # sigmas in the schedule; None: as many as the ladder's levels
+    schedule: str = "ladder"  # ladder (the trained levels or an even subset) | edm (rho-schedule, NCSNv2 only)
+    rho: float = 7.0  # edm schedule's rho
+    churn: float = 0.0  # edm: S_churn (0 = the deterministic Heun sampler)
+    churn_min: float = 0.0  # edm: S_tmin
+    churn_max: Union[float, None] = None  # edm: S_tmax (None = no upper bound)
+    churn_noise: float = 1.0  # edm: S_noise
+    corrector_steps: int = 1  # pc: Langevin corrector steps per sigma
+    snr: float = 0.16  # pc: signal-to-noise ratio of the corrector step, e = 2 (snr sigma)^2
 
 
 @dataclass
@@ -130,6 +144,7 @@ class Config:
         _check(source, "training.loss", self.training.loss, ("dsm", "ssm"))
         _check(source, "sampling.init", self.sampling.init, ("uniform", "gaussian"))
         _check(source, "sampling.precision", self.sampling.precision, ("fp32", "bf16"))
+        self._validate_sampler(source)
         positive = {
             "data.image_size": self.data.image_size,
             "data.channels": self.data.channels,
@@ -162,6 +177,39 @@ class Config:
         if self.training.grad_clip is not None and self.training.grad_clip <= 0:
             raise ConfigError(f"{source}: training.grad_clip must be positive or null")
         return self
+
+
+    def _validate_sampler(self, source: str) -> None:
+        """The fast-sampler keys: known choices, ranges, and what the model kind can do."""
+        s = self.sampling
+        _check(source, "sampling.method", s.method, SAMPLING_METHODS)
+        _check(source, "sampling.schedule", s.schedule, ("ladder", "edm"))
+        if s.steps is not None and s.steps < 2:
+            raise ConfigError(f"{source}: sampling.steps must be at least 2 (or null for the whole ladder), got {s.steps}")
+        for key, value in (("sampling.rho", s.rho), ("sampling.snr", s.snr), ("sampling.churn_noise", s.churn_noise)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{source}: {key} must be a positive number, got {value!r}")
+        for key, value in (("sampling.churn", s.churn), ("sampling.churn_min", s.churn_min)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{source}: {key} must be a non-negative number, got {value!r}")
+        if s.churn_max is not None and not s.churn_max >= s.churn_min:
+            raise ConfigError(f"{source}: sampling.churn_max must be at least sampling.churn_min (or null)")
+        if s.corrector_steps < 0:
+            raise ConfigError(f"{source}: sampling.corrector_steps must be >= 0, got {s.corrector_steps}")
+        if self.model.kind == "ncsn" and s.method != "annealed_langevin":
+            if s.schedule != "ladder":
+                raise ConfigError(f"{source}: sampling.schedule={s.schedule}: an NCSN network is conditioned on the "
+                                  "index of its trained noise levels, so it has no score between them; use "
+                                  "sampling.schedule=ladder (or an NCSNv2 model for any sigma)")
+            if s.method == "edm" and s.churn > 0:
+                raise ConfigError(f"{source}: sampling.method=edm with churn raises sigma between the trained levels, "
+                                  "which an NCSN network cannot evaluate; use sampling.churn=0, or sampling.method=pc "
+                                  "for a stochastic sampler on the ladder")
+        if self.model.kind == "toy_mlp" and s.method != "annealed_langevin":
+            raise ConfigError(f"{source}: sampling.method={s.method}: the toy model samples with annealed_langevin")
+
+
+SAMPLING_METHODS = ("annealed_langevin", "euler", "heun", "edm", "pc")
 
 
 def _check(source: str, key: str, value: str, choices: Iterable[str]) -> None:

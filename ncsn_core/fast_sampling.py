@@ -1,0 +1,218 @@
+"""Fast samplers for variance-exploding score models: tens of network evaluations, not hundreds.
+
+NCSN's noise ladder is a discretised variance-exploding (VE) process (score_sde's SMLD):
+``x_sigma = x_0 + sigma z``. Its probability-flow ODE (score_sde eq. 13; EDM eq. 1 with
+s(t) = 1, sigma(t) = t) is::
+
+    dx/dsigma = -sigma * s(x, sigma) = (x - D(x; sigma)) / sigma,   D(x; sigma) = x + sigma^2 s(x, sigma)
+
+with ``D`` the denoiser (Tweedie's formula). Every sampler here has the signature::
+
+    sampler(score_fn, x, sigmas, *, final_denoise=True, <settings>, generator=None, noise=None, callback=None) -> x
+
+* ``score_fn(x, sigma) -> score`` with ``sigma`` a ``(B,)`` float tensor
+  (:mod:`ncsn_core.sigma_score`: a ladder network through :class:`~ncsn_core.sigma_score.LadderScore`,
+  NCSNv2 through :func:`~ncsn_core.sigma_score.continuous_score`, or an analytic score).
+* ``x``: the initial samples ``(B, ...)``, drawn at ``sigmas[0]`` (e.g.
+  ``initial_samples(kind="gaussian", sigma_max=sigmas[0])``); never modified.
+* ``sigmas``: the schedule ``(N,)``, positive and strictly descending (:mod:`ncsn_core.schedules`).
+* ``final_denoise``: end with a step from ``sigmas[-1]`` to sigma = 0, which for every
+  sampler here is the Tweedie denoise ``x + sigma_N^2 s(x, sigma_N)`` (one evaluation).
+  Without it the samples keep noise of ``sigmas[-1]``.
+* ``generator`` / ``noise``: where randomness comes from (:mod:`ncsn_core.noise_sources`),
+  drawn one step at a time in a fixed order, so a sample depends only on its own seed.
+* ``callback(info)``: after every step, ``info`` holds ``x`` (do not modify it), ``step``
+  (0-based index into ``sigmas``), ``sigma`` (the level just left) and ``nfe`` (network
+  evaluations so far, per sample).
+
+Network evaluations per sample (NFE) for a schedule of N sigmas, ``fd`` = 1 with
+``final_denoise`` else 0 (:func:`nfe_per_sample` computes them):
+
+=================================  ==============================
+``euler``                          ``N - 1 + fd``
+``heun`` / ``edm`` (EDM Alg. 1/2)  ``2 (N - 1) + fd``
+``pc`` (C corrector steps)         ``N (C + 1) - 1 + fd``
+=================================  ==============================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from .noise import validate_sigmas
+from .noise_sources import NoiseSource, noise_source_for
+from .sigma_score import SigmaScoreFn, supports_any_sigma
+
+__all__ = ["FAST_SAMPLERS", "euler", "heun", "edm_stochastic", "predictor_corrector", "nfe_per_sample",
+           "churn_gamma"]
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def _sigma_vector(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+
+
+def _slope(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``dx/dsigma = -sigma * s(x, sigma)`` of the probability-flow ODE (one evaluation)."""
+    return score_fn(x, _sigma_vector(x, sigma)).mul(-sigma)
+
+
+def _tweedie_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x <- x + sigma^2 s(x, sigma)`` in place: the step from ``sigma`` to 0 (one evaluation)."""
+    return x.add_(score_fn(x, _sigma_vector(x, sigma)), alpha=sigma**2)
+
+
+def _levels(sigmas: torch.Tensor) -> list[float]:
+    return [float(s) for s in validate_sigmas(sigmas).tolist()]
+
+
+def _ode(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, second_order: bool,
+         final_denoise: bool, churn: float, churn_min: float, churn_max: float, churn_noise: float,
+         generator: torch.Generator | None, noise: NoiseSource | None, callback: Callback | None) -> torch.Tensor:
+    """EDM's Algorithm 2 (Algorithm 1 when ``churn`` is 0), Euler or Heun steps."""
+    levels = _levels(sigmas)
+    gammas = [churn_gamma(s, len(levels), churn, churn_min, churn_max) for s in levels]
+    if any(g > 0 for g in gammas[:-1]) and not supports_any_sigma(score_fn):
+        raise ValueError("churn raises sigma between the trained levels, which a ladder-conditioned (NCSN) network "
+                         "cannot evaluate: use churn 0, or the pc sampler for a stochastic one")
+    source = noise_source_for(x, generator, noise) if churn > 0 else None
+    x = x.clone()
+    nfe = 0
+    for i, (sigma, nxt) in enumerate(zip(levels[:-1], levels[1:])):
+        if gammas[i] > 0:
+            sigma_hat = sigma * (1 + gammas[i])
+            x.add_(source.normal(1)[0], alpha=churn_noise * math.sqrt(sigma_hat**2 - sigma**2))
+        else:
+            sigma_hat = sigma
+        slope = _slope(score_fn, x, sigma_hat)
+        nfe += 1
+        euler_point = x + (nxt - sigma_hat) * slope
+        if second_order:
+            slope_next = _slope(score_fn, euler_point, nxt)
+            nfe += 1
+            x.add_(slope.add_(slope_next), alpha=(nxt - sigma_hat) / 2)
+        else:
+            x = euler_point
+        if callback is not None:
+            callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
+    if final_denoise:
+        _tweedie_(score_fn, x, levels[-1])
+        nfe += 1
+        if callback is not None:
+            callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe})
+    return x
+
+
+def churn_gamma(sigma: float, steps: int, churn: float, churn_min: float = 0.0,
+                churn_max: float = float("inf")) -> float:
+    """EDM's ``gamma_i = min(S_churn / N, sqrt(2) - 1)`` where ``S_tmin <= sigma_i <= S_tmax``, else 0."""
+    if churn <= 0 or not churn_min <= sigma <= churn_max:
+        return 0.0
+    return min(churn / steps, math.sqrt(2) - 1)
+
+
+@torch.inference_mode()
+def euler(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
+          generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+          callback: Callback | None = None) -> torch.Tensor:
+    """Euler steps of the probability-flow ODE along ``sigmas`` (deterministic):
+    ``x <- x + (sigma_{i+1} - sigma_i) * (-sigma_i s(x, sigma_i))``. NFE ``N - 1 + fd``."""
+    return _ode(score_fn, x, sigmas, second_order=False, final_denoise=final_denoise, churn=0.0, churn_min=0.0,
+                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback)
+
+
+@torch.inference_mode()
+def heun(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
+         generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+         callback: Callback | None = None) -> torch.Tensor:
+    """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): an Euler step from
+    ``sigma_i`` to ``sigma_{i+1}``, then the trapezoidal (Heun) correction with the slope at the
+    Euler point. Second order; NFE ``2 (N - 1) + fd`` (the final step to 0 is the Tweedie
+    denoise, which is exact for an Euler step there)."""
+    return _ode(score_fn, x, sigmas, second_order=True, final_denoise=final_denoise, churn=0.0, churn_min=0.0,
+                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback)
+
+
+@torch.inference_mode()
+def edm_stochastic(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
+                   churn: float = 10.0, churn_min: float = 0.0, churn_max: float = float("inf"),
+                   churn_noise: float = 1.0, generator: torch.Generator | None = None,
+                   noise: NoiseSource | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2). At each step, where
+    ``churn_min <= sigma_i <= churn_max`` (EDM's S_tmin, S_tmax), noise is added back to raise
+    sigma to ``sigma_hat = sigma_i (1 + gamma)``, ``gamma = min(churn / N, sqrt(2) - 1)``
+    (S_churn), ``x <- x + sqrt(sigma_hat^2 - sigma_i^2) * churn_noise * z`` (S_noise); then a
+    Heun step from ``sigma_hat`` to ``sigma_{i+1}``. NFE ``2 (N - 1) + fd``. Needs a score at any
+    sigma (NCSNv2, analytic): a ladder-conditioned NCSN network is refused."""
+    return _ode(score_fn, x, sigmas, second_order=True, final_denoise=final_denoise, churn=churn,
+                churn_min=churn_min, churn_max=churn_max, churn_noise=churn_noise, generator=generator,
+                noise=noise, callback=callback)
+
+
+@torch.inference_mode()
+def predictor_corrector(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *,
+                        final_denoise: bool = True, corrector_steps: int = 1, snr: float = 0.16,
+                        generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+                        callback: Callback | None = None) -> torch.Tensor:
+    """score_sde's predictor-corrector sampler for VE models (Song et al. 2021, Algorithm 2).
+
+    At each sigma_i of the schedule: ``corrector_steps`` Langevin steps in score_sde's
+    convention ``x <- x + e s + sqrt(2 e) z`` (the paper's ``alpha = 2 e``) with the step set by
+    the signal-to-noise ratio ``snr``; then the reverse-diffusion predictor to sigma_{i+1}:
+    ``x <- x + (sigma_i^2 - sigma_{i+1}^2) s + sqrt(sigma_i^2 - sigma_{i+1}^2) z``. After the last
+    level, ``final_denoise`` takes the predictor's mean to sigma = 0 (the Tweedie denoise).
+    NFE ``N (C + 1) - 1 + fd``.
+
+    The step: score_sde sets ``e = 2 (snr ||z|| / ||s||)^2`` with both norms averaged over the
+    batch, which makes a sample depend on the rest of its batch; per-sample norms instead make
+    the step depend on the state (a sample near a mode gets a huge step) and bias the mode
+    weights (measured on the paper's toy mixture). Here ``||s||`` takes its value under the
+    perturbation kernel, ``sqrt(D) / sigma_i``, and ``||z|| = sqrt(D)``, so
+    ``e = 2 (snr sigma_i)^2``: the same step score_sde takes on data near the manifold, fixed
+    per level like annealed Langevin's (``eps sigma_i^2 / sigma_L^2 = 4 snr^2 sigma_i^2``).
+    Every sigma is a schedule point, so ladder-conditioned networks (NCSN) are supported.
+    """
+    if corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
+    if corrector_steps and not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    levels = _levels(sigmas)
+    source = noise_source_for(x, generator, noise)
+    x = x.clone()
+    nfe = 0
+    for i, sigma in enumerate(levels):
+        nxt = levels[i + 1] if i + 1 < len(levels) else None
+        draws = source.normal(corrector_steps + (nxt is not None))
+        step = 2 * (snr * sigma) ** 2
+        for k in range(corrector_steps):
+            x.add_(score_fn(x, _sigma_vector(x, sigma)), alpha=step).add_(draws[k], alpha=math.sqrt(2 * step))
+            nfe += 1
+        if nxt is not None:
+            variance = sigma**2 - nxt**2
+            x.add_(score_fn(x, _sigma_vector(x, sigma)), alpha=variance).add_(draws[-1], alpha=math.sqrt(variance))
+            nfe += 1
+        elif final_denoise:
+            _tweedie_(score_fn, x, sigma)
+            nfe += 1
+        if callback is not None:
+            callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
+    return x
+
+
+FAST_SAMPLERS = {"euler": euler, "heun": heun, "edm": edm_stochastic, "pc": predictor_corrector}
+
+
+def nfe_per_sample(method: str, num_sigmas: int, *, final_denoise: bool, corrector_steps: int = 0) -> int:
+    """Network evaluations per sample of ``method`` over a schedule of ``num_sigmas`` sigmas."""
+    fd = int(final_denoise)
+    if method == "euler":
+        return num_sigmas - 1 + fd
+    if method in ("heun", "edm"):
+        return 2 * (num_sigmas - 1) + fd
+    if method == "pc":
+        return num_sigmas * (corrector_steps + 1) - 1 + fd
+    raise ValueError(f"unknown fast sampler {method!r} (expected one of {', '.join(FAST_SAMPLERS)})")
