@@ -490,3 +490,55 @@ def test_an_interrupted_inpainting_run_resumes_without_touching_finished_shards(
     assert {name: (out / name).stat().st_mtime_ns for name in finished} == before
     manifest = read_sample_manifest(Storage.from_uri(str(out)), kind="inpaint")
     assert manifest["count"] == 6 and len(manifest["shards"]) == 3
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_fast_sampler_keeps_the_guarantees_of_annealed_langevin(ray_local, tiny_run, tmp_path, capsys):
+    """Heun steps along the trained ladder through the actor pool: the bytes depend only on the
+    seeds (not on actors or shards), the manifest records the sampler and its NFE, and other
+    settings into the same folder are refused."""
+    fast = ["sampling.method=heun", "sampling.final_denoise=true"]
+    results = []
+    for shard_size, actors in ((4, 1), (8, 2)):
+        out = tmp_path / f"heun-{shard_size}"
+        generate.run(GenerateOptions(n=12, checkpoint=str(tiny_run), out=str(out), shard_size=shard_size, batch_size=4,
+                                     overrides=fast, actors=ActorPlan(num_actors=actors)), log=quiet)
+        results.append(seeds_and_pngs(Storage.from_uri(str(out))))
+    assert sorted(results[0]) == list(range(12)) and results[0] == results[1]
+    manifest = read_sample_manifest(Storage.from_uri(str(tmp_path / "heun-4")))
+    assert manifest["sampler"]["method"] == "heun" and manifest["sampler"]["init"] == "gaussian"
+    assert manifest["nfe_per_sample"] == 2 * (3 - 1) + 1, "3 ladder levels: 2 Heun steps and the final denoise"
+
+    # The same seeds through the Sampler in this process give the same bytes (one sampling code).
+    checkpoint, _ = load_checkpoint_uri(str(tiny_run))
+    settings = SamplerSettings.from_config(override_sampling(checkpoint.config, fast))
+    images = Sampler.from_checkpoint(checkpoint, settings).sample([0, 1, 2, 3])
+    for seed in range(4):
+        assert np.array_equal(images[seed], decode_png(results[0][seed], 1))
+
+    cli = load_cli()
+    out = str(tmp_path / "heun-4")
+    assert cli.main(["--checkpoint", str(tiny_run), "--n", "12", "--out", out, "--shard-size", "4",
+                     "--batch-size", "4", "--set", "sampling.method=pc"]) == 2
+    assert "holds a different job" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_samplers_a_network_cannot_run_are_refused_naming_why(tiny_run, tmp_path, capsys):
+    cli = load_cli()
+    out = tmp_path / "out"
+    base = ["--checkpoint", str(tiny_run), "--n", "4", "--out", str(out)]
+    cases = [
+        (["--set", "sampling.method=heun", "--set", "sampling.schedule=edm"], "conditioned on the index"),
+        (["--set", "sampling.method=edm", "--set", "sampling.churn=10"], "cannot evaluate"),
+        (["--set", "sampling.method=rk4"], "sampling.method must be one of"),
+        (["--set", "sampling.method=heun", "--set", "sampling.steps=1"], "sampling.steps must be at least 2"),
+        (["--set", "sampling.method=pc", "--set", "sampling.snr=-1"], "sampling.snr must be a positive number"),
+        (["--set", "sampling.method=heun", "--steps-per-level", "3"], "sampling.steps"),
+        (["--mode", "inpaint", "--data", str(tmp_path), "--set", "sampling.method=heun"], "does not inpaint"),
+    ]
+    for extra, message in cases:
+        assert cli.main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not out.exists()

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 __all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "scatter_panel", "field_panel", "hstack_panels",
-           "loss_plot"]
+           "loss_plot", "curve_plot"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -177,4 +177,61 @@ def loss_plot(steps: Sequence[int], per_level: Sequence[Sequence[float | None]],
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
     draw.text((right - 230, top + 4), f"sigma_1={sigmas[0]:.3g}", fill=_level_colour(0, levels))
     draw.text((right - 110, top + 4), f"sigma_L={sigmas[-1]:.3g}", fill=_level_colour(levels - 1, levels))
+    return img
+
+
+_SERIES_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+                   (140, 86, 75), (127, 127, 127)]
+
+
+def curve_plot(series: dict[str, Sequence[tuple[float, float]]], *, x_label: str, y_label: str, title: str = "",
+               log_x: bool = True, reference: tuple[str, float] | None = None, width: int = 720,
+               height: int = 440) -> Image.Image:
+    """Lines of ``(x, y)`` points, one per named series (e.g. a metric against network
+    evaluations per sample, one line per sampler); ``log_x`` puts x on a log scale;
+    ``reference = (label, y)`` draws a dashed horizontal line (e.g. a target)."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 64, width - 170, 28, height - 40
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text((left, 8), title, fill="black")
+    points = [p for pts in series.values() for p in pts if all(math.isfinite(v) for v in p)]
+    if not points:
+        draw.text((left + 8, top + 8), "no data", fill="black")
+        return img
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    xs = [fx(x) for x, _ in points]
+    ys = [y for _, y in points] + ([reference[1]] if reference else [])
+    x_lo, x_hi = min(xs), max(xs)
+    y_lo, y_hi = min(0.0, min(ys)), max(ys) * 1.05
+    x_span, y_span = max(x_hi - x_lo, 1e-9), max(y_hi - y_lo, 1e-9)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return (left + (fx(x) - x_lo) / x_span * (right - left), bottom - (y - y_lo) / y_span * (bottom - top))
+
+    for k in range(5):
+        y = y_lo + k * y_span / 4
+        _, py = xy(10 ** x_lo if log_x else x_lo, y)
+        draw.line([(left, py), (right, py)], fill=(230, 230, 230))
+        draw.text((6, py - 6), f"{y:.3g}", fill="black")
+    ticks = sorted({round(x) for x, _ in points})
+    for x in ticks:
+        px, _ = xy(x, y_lo)
+        draw.line([(px, bottom), (px, bottom + 4)], fill="black")
+        draw.text((px - 8, bottom + 6), f"{x:g}", fill="black")
+    draw.text((left + (right - left) // 2 - 40, bottom + 22), x_label, fill="black")
+    draw.text((6, top - 20), y_label, fill="black")
+    if reference is not None:
+        _, py = xy(10 ** x_lo if log_x else x_lo, reference[1])
+        for px in range(left, right, 12):
+            draw.line([(px, py), (min(px + 6, right), py)], fill=(90, 90, 90))
+        draw.text((right + 8, py - 6), reference[0], fill=(90, 90, 90))
+    for k, (name, pts) in enumerate(series.items()):
+        colour = _SERIES_COLOURS[k % len(_SERIES_COLOURS)]
+        pixels = [xy(x, y) for x, y in sorted(pts) if math.isfinite(x) and math.isfinite(y)]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        for px, py in pixels:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.text((right + 8, top + 4 + 16 * k), name, fill=colour)
     return img

@@ -106,7 +106,7 @@ def run(options: GenerateOptions, *, log: Callable[[str], None] = print) -> dict
                       "first_seed": options.seed},
         start_line=(
             f"checkpoint {setup.pinned.uri} (step {setup.pinned.step}, sha256 {setup.pinned.sha256[:12]}), "
-            f"{options.n} samples of {setup.image_shape} into {out.uri}; T={s.steps_per_level}, eps={s.eps:g}, "
+            f"{options.n} samples of {setup.image_shape} into {out.uri}; {s.describe(setup.num_levels)}, "
             f"batch {setup.batch_size}, {len(units)} shard(s) of {shard_size}"
         ),
         write_figures=lambda folder, all_units: {**write_grid(folder, all_units, setup.image_shape[0]),

@@ -73,6 +73,9 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
     if options.renoise not in ("level", "step"):
         raise UserError(f"renoise must be level or step, got {options.renoise!r}")
     setup = resolve_sampling(options)
+    if setup.settings.fast:
+        raise UserError(f"inpainting runs annealed Langevin (paper Appendix B.3); sampling.method="
+                        f"{setup.settings.method} does not inpaint: pass --set sampling.method=annealed_langevin")
     data = Storage.from_uri(options.data, endpoint_url=setup.endpoint_url)
     dataset = read_manifest(data)
     verify_shards(data, dataset)

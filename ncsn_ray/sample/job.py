@@ -72,6 +72,16 @@ class SamplingSetup:
     image_shape: tuple[int, int, int]  # (C, H, W)
     endpoint_url: str | None
 
+    @property
+    def num_levels(self) -> int:
+        """L, the levels of the checkpoint's noise ladder."""
+        return int(self.checkpoint.sigmas.numel())
+
+    @property
+    def nfe_per_sample(self) -> int:
+        """Network evaluations per sample (per inpainting) of the settings on this checkpoint."""
+        return self.settings.nfe_per_sample(self.num_levels)
+
 
 @dataclass
 class SampleJob:
@@ -113,6 +123,9 @@ def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
     if checkpoint.config.model.kind == "toy_mlp":
         raise UserError(f"{pinned.uri}: a toy model; sampling jobs need an image model")
     config = override_sampling(checkpoint.config, options.overrides, steps_per_level=options.steps_per_level)
+    if options.steps_per_level is not None and config.sampling.method != "annealed_langevin":
+        raise UserError(f"--steps-per-level sets annealed Langevin's T; sampling.method={config.sampling.method} "
+                        "takes its number of sigmas from sampling.steps (e.g. --set sampling.steps=6)")
     data = checkpoint.config.data
     if config.has_auto():  # sampling.eps=auto: technique 4 for the checkpoint's ladder and this T
         config, _ = resolve_auto(config, max_distance=None, dimension=data.channels * data.image_size**2)
@@ -160,7 +173,8 @@ def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -
 def manifest_extra(setup: SamplingSetup) -> dict[str, Any]:
     """Top-level manifest fields for readers: which checkpoint (and weights) and sampler."""
     weights = "ema" if setup.settings.use_ema and setup.checkpoint.ema_state is not None else "model"
-    return {"checkpoint": {**setup.pinned.to_dict(), "weights": weights}, "sampler": setup.settings.to_dict()}
+    return {"checkpoint": {**setup.pinned.to_dict(), "weights": weights}, "sampler": setup.settings.to_dict(),
+            "nfe_per_sample": setup.nfe_per_sample}
 
 
 def execute(job: SampleJob, setup: SamplingSetup, plan: ActorPlan, *, log: Log = print) -> dict[str, Any]:

@@ -34,7 +34,12 @@ from ncsn_core import (
 )
 from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import Config
+from ncsn_core.fast_sampling import FAST_SAMPLERS, nfe_per_sample
 from ncsn_core.inpainting import MASK_KINDS
+from ncsn_core.model import NCSNv2, unwrap_model
+from ncsn_core.schedules import make_schedule
+from ncsn_core.sampling import clamp_
+from ncsn_core.sigma_score import LadderScore, continuous_score
 
 from ..errors import JobFailed, UserError
 from ..io.figures import image_grid, to_uint8
@@ -73,16 +78,30 @@ def check_finite(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     return x
 
 
+FAST_FIELDS = ("method", "steps", "schedule", "rho", "churn", "churn_min", "churn_max", "churn_noise",
+               "corrector_steps", "snr")
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """Everything about the sampler that decides the pixels (all recorded in a job spec).
 
-    ``eps`` follows the paper's step convention (above); ``steps_per_level`` is T;
-    ``init`` the initial distribution (``uniform`` on [0, 1] as the paper, or ``gaussian``);
-    ``final_denoise`` the Tweedie step ``x + sigma_L^2 s(x, L)``; ``clamp`` clamps to
-    ``[0, 1]`` after every step; ``precision`` fp32 or bf16 (autocast); ``compile``
-    ``torch.compile``s the network; ``use_ema`` samples with the EMA weights when the
-    checkpoint has them.
+    ``method``: ``annealed_langevin`` (the paper's Algorithm 1) or a fast sampler of
+    :mod:`ncsn_core.fast_sampling` (``euler``, ``heun``, ``edm``, ``pc``).
+
+    Annealed Langevin: ``eps`` follows the paper's step convention (above);
+    ``steps_per_level`` is T; ``init`` the initial distribution (``uniform`` on [0, 1] as the
+    paper, or ``gaussian``); ``final_denoise`` the Tweedie step ``x + sigma_L^2 s(x, L)``;
+    ``clamp`` clamps to ``[0, 1]`` after every step.
+
+    Fast samplers: ``steps`` sigmas of ``schedule`` (``ladder``: the trained levels or an even
+    subset; ``edm``: the rho-schedule, NCSNv2 only) from the Gaussian prior
+    ``N(0.5, sigma_1^2)`` (``init`` is then ``gaussian``); ``final_denoise`` ends with the step
+    to sigma = 0; ``churn*`` are EDM's S_churn, S_tmin, S_tmax, S_noise; ``corrector_steps``
+    and ``snr`` the predictor-corrector's. ``clamp`` clamps the final samples only.
+
+    Both: ``precision`` fp32 or bf16 (autocast); ``compile`` ``torch.compile``s the network;
+    ``use_ema`` samples with the EMA weights when the checkpoint has them.
     """
 
     steps_per_level: int
@@ -93,20 +112,68 @@ class SamplerSettings:
     precision: str
     compile: bool
     use_ema: bool
+    method: str = "annealed_langevin"
+    steps: int | None = None
+    schedule: str = "ladder"
+    rho: float = 7.0
+    churn: float = 0.0
+    churn_min: float = 0.0
+    churn_max: float | None = None
+    churn_noise: float = 1.0
+    corrector_steps: int = 1
+    snr: float = 0.16
+
+    @property
+    def fast(self) -> bool:
+        """Whether this is one of the fast samplers (not annealed Langevin)."""
+        return self.method != "annealed_langevin"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded. Annealed Langevin's omit the fast samplers' keys, so that a
+        sample set written before they existed is still recognised as the same job."""
+        out = asdict(self)
+        if not self.fast:
+            for key in FAST_FIELDS:
+                out.pop(key)
+        return out
 
     @classmethod
     def from_config(cls, config: Config, *, use_ema: bool | None = None) -> "SamplerSettings":
         """The config's sampling section; ``use_ema`` None takes ``sampling.ema``."""
         s = config.sampling
         ema = s.ema if use_ema is None else use_ema
-        return cls(s.steps_per_level, s.eps, s.init, s.final_denoise, s.clamp, s.precision, s.compile, ema)
+        fast = {key: getattr(s, key) for key in FAST_FIELDS}
+        init = s.init if s.method == "annealed_langevin" else "gaussian"
+        return cls(s.steps_per_level, s.eps, init, s.final_denoise, s.clamp, s.precision, s.compile, ema, **fast)
 
     def with_steps(self, steps_per_level: int) -> "SamplerSettings":
-        """The same total drift in fewer (or more) steps per level: ``eps`` scaled by T/T'."""
+        """The same total drift in fewer (or more) steps per level: ``eps`` scaled by T/T'
+        (annealed Langevin; the fast samplers are returned unchanged)."""
+        if self.fast:
+            return self
         return replace(self, steps_per_level=steps_per_level, eps=self.eps * self.steps_per_level / steps_per_level)
+
+    def schedule_for(self, ladder: torch.Tensor) -> torch.Tensor:
+        """The sigmas a fast sampler walks for a network trained on ``ladder`` ``(L,)``."""
+        return make_schedule(self.schedule, ladder, self.steps, rho=self.rho)
+
+    def nfe_per_sample(self, num_levels: int) -> int:
+        """Network evaluations per sample for a ladder of ``num_levels`` levels."""
+        if not self.fast:
+            return num_levels * self.steps_per_level + int(self.final_denoise)
+        sigmas = num_levels if self.steps is None else (min(self.steps, num_levels) if self.schedule == "ladder"
+                                                        else self.steps)
+        return nfe_per_sample(self.method, sigmas, final_denoise=self.final_denoise,
+                              corrector_steps=self.corrector_steps)
+
+    def describe(self, num_levels: int) -> str:
+        """One line for logs: the method, its main settings and its NFE per sample."""
+        nfe = self.nfe_per_sample(num_levels)
+        if not self.fast:
+            return f"annealed Langevin T={self.steps_per_level}, eps={self.eps:g}, {nfe} NFE/sample"
+        extra = {"edm": f", churn={self.churn:g}", "pc": f", C={self.corrector_steps}, snr={self.snr:g}"}
+        steps = self.steps or num_levels
+        return f"{self.method} on {steps} {self.schedule} sigmas{extra.get(self.method, '')}, {nfe} NFE/sample"
 
 
 def override_sampling(config: Config, overrides: list[str] | None = None, *, steps_per_level: int | None = None) -> Config:
@@ -141,6 +208,13 @@ class Sampler:
         self.sigmas = sigmas.to(self.device)
         self.shape = tuple(image_shape)  # (C, H, W)
         self._clamp = (0.0, 1.0) if settings.clamp else None
+        if settings.fast:
+            any_sigma = isinstance(unwrap_model(model), NCSNv2)
+            self.sigma_score_fn = (continuous_score if any_sigma else LadderScore)(self.score_fn, self.sigmas)
+            try:
+                self.schedule = settings.schedule_for(self.sigmas)
+            except ValueError as err:
+                raise UserError(f"sampler settings: {err}") from err
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, settings: SamplerSettings,
@@ -149,16 +223,27 @@ class Sampler:
         data = checkpoint.config.data
         return cls(model, checkpoint.sigmas, settings, (data.channels, data.image_size, data.image_size), device)
 
+    @property
+    def nfe_per_sample(self) -> int:
+        """Network evaluations per sample of these settings on this network's ladder."""
+        return self.settings.nfe_per_sample(len(self.sigmas))
+
     def _start(self, seeds: list[int]) -> tuple[torch.Tensor, PerSampleNoise]:
         noise = PerSampleNoise(seeds, self.shape, device=self.device)
-        x0 = initial_samples(
-            (len(seeds), *self.shape), kind=self.settings.init, sigma_max=float(self.sigmas[0]), noise=noise
-        )
+        sigma_max = float(self.schedule[0] if self.settings.fast else self.sigmas[0])
+        x0 = initial_samples((len(seeds), *self.shape), kind=self.settings.init, sigma_max=sigma_max, noise=noise)
         return x0, noise
+
+    def _steps(self) -> int:
+        """Callback steps of one run: L x T for annealed Langevin, the schedule's length otherwise."""
+        return len(self.schedule) if self.settings.fast else len(self.sigmas) * self.settings.steps_per_level
 
     def _level_callback(self, on_level: LevelCallback | None):
         if on_level is None:
             return None
+        if self.settings.fast:
+            steps = len(self.schedule)
+            return lambda info: on_level(min(info["step"] + 1, steps), steps)
         last_step, levels = self.settings.steps_per_level - 1, len(self.sigmas)
 
         def callback(info: dict[str, Any]) -> None:
@@ -167,13 +252,27 @@ class Sampler:
 
         return callback
 
+    def _run(self, x0: torch.Tensor, noise: PerSampleNoise, callback) -> torch.Tensor:
+        """The configured sampler from ``x0``, one callback per step."""
+        s = self.settings
+        if not s.fast:
+            return annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
+                                     final_denoise=s.final_denoise, clamp=self._clamp, noise=noise, callback=callback)
+        options: dict[str, Any] = {}
+        if s.method == "edm":
+            churn_max = float("inf") if s.churn_max is None else s.churn_max
+            options = {"churn": s.churn, "churn_min": s.churn_min, "churn_max": churn_max, "churn_noise": s.churn_noise}
+        elif s.method == "pc":
+            options = {"corrector_steps": s.corrector_steps, "snr": s.snr}
+        x = FAST_SAMPLERS[s.method](self.sigma_score_fn, x0, self.schedule, final_denoise=s.final_denoise,
+                                    noise=noise, callback=callback, **options)
+        clamp_(x, self._clamp)
+        return x
+
     def sample_float(self, seeds: list[int], *, on_level: LevelCallback | None = None) -> torch.Tensor:
         """``(B, C, H, W)`` samples as floats (not clamped unless the settings clamp)."""
         x0, noise = self._start(seeds)
-        s = self.settings
-        return annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
-                                 final_denoise=s.final_denoise, clamp=self._clamp, noise=noise,
-                                 callback=self._level_callback(on_level))
+        return self._run(x0, noise, self._level_callback(on_level))
 
     def sample(self, seeds: list[int], *, on_level: LevelCallback | None = None) -> np.ndarray:
         """``(B, H, W, C)`` uint8; :class:`NonFiniteSamplesError` if any pixel is not finite."""
@@ -188,20 +287,19 @@ class Sampler:
         if frames < 2:
             raise ValueError(f"a strip needs at least 2 frames, got {frames}")
         x0, noise = self._start(seeds)
-        s, levels = self.settings, len(self.sigmas)
-        total = levels * s.steps_per_level
+        s, total = self.settings, self._steps()
         wanted = {round(i * total / (frames - 1)) for i in range(1, frames - 1)}
         captured = [to_uint8(x0)]
         per_level = self._level_callback(on_level)
 
         def callback(info: dict[str, Any]) -> None:
-            if info["level"] * s.steps_per_level + info["step"] + 1 in wanted:
+            done = info["step"] + 1 if s.fast else info["level"] * s.steps_per_level + info["step"] + 1
+            if done in wanted and len(captured) < frames - 1:
                 captured.append(to_uint8(info["x"]))
             if per_level is not None:
                 per_level(info)
 
-        x = annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
-                              final_denoise=s.final_denoise, clamp=self._clamp, noise=noise, callback=callback)
+        x = self._run(x0, noise, callback)
         images = to_uint8(check_finite(x, seeds))
         return images, np.stack([*captured, images])
 
@@ -212,6 +310,9 @@ class Sampler:
         the samples themselves when ``final_denoise`` is on). The chain is the one
         :meth:`sample` runs for these seeds. Used to see at which noise level classes or
         shapes are decided (``benchmarks/bench_quality.py --per-level``)."""
+        if self.settings.fast:
+            raise UserError("the per-level view follows annealed Langevin's levels; sample with "
+                            "sampling.method=annealed_langevin for it")
         x0, noise = self._start(seeds)
         s = self.settings
         sigmas = [float(v) for v in self.sigmas.tolist()]
@@ -232,6 +333,9 @@ class Sampler:
                 on_level: LevelCallback | None = None) -> np.ndarray:
         """Inpaintings ``(B, H, W, C)`` uint8; ``renoise``: ``"level"`` (NCSN) or ``"step"`` (NCSNv2),
         see :func:`ncsn_core.annealed_langevin_inpaint`."""
+        if self.settings.fast:
+            raise UserError(f"inpainting runs annealed Langevin (paper Appendix B.3); sampling.method="
+                            f"{self.settings.method} does not inpaint: pass --set sampling.method=annealed_langevin")
         x0, noise = self._start(seeds)
         s = self.settings
         x = annealed_langevin_inpaint(self.score_fn, x0, self.sigmas, known=known.to(self.device),
