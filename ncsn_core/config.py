@@ -112,6 +112,7 @@ class SamplingConfig:
     churn_min: float = 0.0  # edm: S_tmin
     churn_max: Union[float, None] = None  # edm: S_tmax (None = no upper bound)
     churn_noise: float = 1.0  # edm: S_noise
+    predictor: str = "reverse_diffusion"  # pc: reverse_diffusion (score_sde) | euler | heun (probability-flow ODE)
     corrector_steps: int = 1  # pc: Langevin corrector steps per sigma
     snr: float = 0.16  # pc: signal-to-noise ratio of the corrector step, e = 2 (snr sigma)^2
 
@@ -184,6 +185,7 @@ class Config:
         s = self.sampling
         _check(source, "sampling.method", s.method, SAMPLING_METHODS)
         _check(source, "sampling.schedule", s.schedule, ("ladder", "edm"))
+        _check(source, "sampling.predictor", s.predictor, ("reverse_diffusion", "euler", "heun"))
         if s.steps is not None and s.steps < 2:
             raise ConfigError(f"{source}: sampling.steps must be at least 2 (or null for the whole ladder), got {s.steps}")
         for key, value in (("sampling.rho", s.rho), ("sampling.snr", s.snr), ("sampling.churn_noise", s.churn_noise)):

@@ -77,7 +77,8 @@ def test_samplers_are_deterministic_per_seed_whatever_the_batch(method):
 
 def test_nfe_counts_every_network_evaluation():
     schedule = edm_schedule(6, SIGMA_MIN, SIGMA_MAX)
-    cases = [("euler", {}), ("heun", {}), ("edm", {"churn": 5.0}), ("pc", {"corrector_steps": 2})]
+    cases = [("euler", {}), ("heun", {}), ("edm", {"churn": 5.0}), ("pc", {"corrector_steps": 2}),
+             ("pc", {"corrector_steps": 1, "predictor": "heun"}), ("pc", {"corrector_steps": 0, "predictor": "euler"})]
     for method, settings in cases:
         for final_denoise in (True, False):
             calls = []
@@ -89,9 +90,11 @@ def test_nfe_counts_every_network_evaluation():
             FAST_SAMPLERS[method](counting, torch.zeros(2, 3), schedule, final_denoise=final_denoise,
                                   generator=torch.Generator().manual_seed(0), **settings)
             expected = nfe_per_sample(method, 6, final_denoise=final_denoise,
-                                      corrector_steps=settings.get("corrector_steps", 0))
+                                      corrector_steps=settings.get("corrector_steps", 0),
+                                      predictor=settings.get("predictor", "reverse_diffusion"))
             assert len(calls) == expected, (method, final_denoise)
     assert nfe_per_sample("heun", 18, final_denoise=True) == 35  # EDM's CIFAR-10 budget
+    assert nfe_per_sample("pc", 11, final_denoise=True, corrector_steps=1, predictor="heun") == 31
 
 
 def toy_start(n, sigma_max, g):
@@ -177,3 +180,12 @@ def test_ncsnv2_has_a_score_at_any_sigma():
             torch.testing.assert_close(score(x, ladder[level].repeat(2)), on_ladder, rtol=1e-5, atol=1e-6)
         half = score(x, torch.full((2,), 0.5))
         torch.testing.assert_close(score(x, torch.full((2,), 0.25)), 2 * half, rtol=1e-5, atol=1e-6)
+
+
+def test_pc_with_an_ode_predictor_and_no_corrector_is_that_ode_sampler():
+    schedule = edm_schedule(7, SIGMA_MIN, SIGMA_MAX)
+    x0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(4)) * SIGMA_MAX
+    for predictor, sampler in (("heun", heun), ("euler", euler)):
+        pc = predictor_corrector(gaussian_score, x0, schedule, corrector_steps=0, predictor=predictor,
+                                 generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(pc, sampler(gaussian_score, x0, schedule), rtol=1e-6, atol=1e-6)

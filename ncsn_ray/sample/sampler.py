@@ -79,7 +79,7 @@ def check_finite(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
 
 
 FAST_FIELDS = ("method", "steps", "schedule", "rho", "churn", "churn_min", "churn_max", "churn_noise",
-               "corrector_steps", "snr")
+               "predictor", "corrector_steps", "snr")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ class SamplerSettings:
     Fast samplers: ``steps`` sigmas of ``schedule`` (``ladder``: the trained levels or an even
     subset; ``edm``: the rho-schedule, NCSNv2 only) from the Gaussian prior
     ``N(0.5, sigma_1^2)`` (``init`` is then ``gaussian``); ``final_denoise`` ends with the step
-    to sigma = 0; ``churn*`` are EDM's S_churn, S_tmin, S_tmax, S_noise; ``corrector_steps``
-    and ``snr`` the predictor-corrector's. ``clamp`` clamps the final samples only.
+    to sigma = 0; ``churn*`` are EDM's S_churn, S_tmin, S_tmax, S_noise; ``predictor``,
+    ``corrector_steps`` and ``snr`` the predictor-corrector's. ``clamp`` clamps the final samples only.
 
     Both: ``precision`` fp32 or bf16 (autocast); ``compile`` ``torch.compile``s the network;
     ``use_ema`` samples with the EMA weights when the checkpoint has them.
@@ -120,6 +120,7 @@ class SamplerSettings:
     churn_min: float = 0.0
     churn_max: float | None = None
     churn_noise: float = 1.0
+    predictor: str = "reverse_diffusion"
     corrector_steps: int = 1
     snr: float = 0.16
 
@@ -164,14 +165,15 @@ class SamplerSettings:
         sigmas = num_levels if self.steps is None else (min(self.steps, num_levels) if self.schedule == "ladder"
                                                         else self.steps)
         return nfe_per_sample(self.method, sigmas, final_denoise=self.final_denoise,
-                              corrector_steps=self.corrector_steps)
+                              corrector_steps=self.corrector_steps, predictor=self.predictor)
 
     def describe(self, num_levels: int) -> str:
         """One line for logs: the method, its main settings and its NFE per sample."""
         nfe = self.nfe_per_sample(num_levels)
         if not self.fast:
             return f"annealed Langevin T={self.steps_per_level}, eps={self.eps:g}, {nfe} NFE/sample"
-        extra = {"edm": f", churn={self.churn:g}", "pc": f", C={self.corrector_steps}, snr={self.snr:g}"}
+        extra = {"edm": f", churn={self.churn:g}",
+                 "pc": f", {self.predictor} predictor, C={self.corrector_steps}, snr={self.snr:g}"}
         steps = self.steps or num_levels
         return f"{self.method} on {steps} {self.schedule} sigmas{extra.get(self.method, '')}, {nfe} NFE/sample"
 
@@ -263,7 +265,7 @@ class Sampler:
             churn_max = float("inf") if s.churn_max is None else s.churn_max
             options = {"churn": s.churn, "churn_min": s.churn_min, "churn_max": churn_max, "churn_noise": s.churn_noise}
         elif s.method == "pc":
-            options = {"corrector_steps": s.corrector_steps, "snr": s.snr}
+            options = {"corrector_steps": s.corrector_steps, "snr": s.snr, "predictor": s.predictor}
         x = FAST_SAMPLERS[s.method](self.sigma_score_fn, x0, self.schedule, final_denoise=s.final_denoise,
                                     noise=noise, callback=callback, **options)
         clamp_(x, self._clamp)
