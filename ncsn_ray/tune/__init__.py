@@ -1,0 +1,1 @@
+"""Sampler search: the settings worth trying for a checkpoint, trials on Ray Tune, the quality-versus-cost front."""

@@ -1,0 +1,89 @@
+"""The sampler settings worth trying for one checkpoint, bounded by a budget of network
+evaluations per sample (NFE).
+
+A setting is a list of ``sampling.key=value`` overrides, exactly what ``jobs/generate.py
+--set`` takes, so that any point found can be reproduced by passing it on. What is tried
+depends on the network (:func:`candidate_settings`):
+
+* annealed Langevin (the paper's Algorithm 1) at several T, ``eps`` from NCSNv2's technique 4
+  for each T (``sampling.eps=auto``), plus the checkpoint's own setting;
+* Euler and Heun steps of the probability-flow ODE along the trained ladder and a subset of
+  it (every network), and along EDM's rho-schedule (NCSNv2: a score at any sigma);
+* the predictor-corrector along the ladder (score_sde's reverse-diffusion predictor, or a Heun
+  step of the probability-flow ODE), C corrector steps at several signal-to-noise ratios;
+* EDM's stochastic sampler (churn) on the rho-schedule (NCSNv2 only).
+"""
+
+from __future__ import annotations
+
+from ncsn_core.fast_sampling import nfe_per_sample
+
+__all__ = ["candidate_settings", "setting_nfe", "setting_label", "method_of"]
+
+ALD = "sampling.method=annealed_langevin"
+
+
+def _size(value: str, quick: tuple, full: tuple) -> tuple:
+    return quick if value == "quick" else full
+
+
+def candidate_settings(kind: str, levels: int, *, size: str = "quick") -> list[list[str]]:
+    """Settings for a ``kind`` (``ncsn`` | ``ncsnv2``) network with ``levels`` trained levels;
+    the first is the checkpoint's own setting (an empty override list). ``size``: ``quick``
+    (about 20 settings) or ``full`` (about 50)."""
+    rows: list[list[str]] = [[]]
+    for t in _size(size, (1, 2, 3, 5), (1, 2, 3, 5, 10, 20)):
+        rows.append([ALD, f"sampling.steps_per_level={t}", "sampling.eps=auto"])
+    schedules = [("ladder", n) for n in sorted({max(2, (levels + 1) // 2), levels})]
+    if kind == "ncsnv2":
+        schedules += [("edm", n) for n in _size(size, (6, 11, 18), (6, 11, 18, 26, 51))]
+    for method in ("euler", "heun"):
+        for schedule, n in schedules:
+            rows.append([f"sampling.method={method}", f"sampling.schedule={schedule}", f"sampling.steps={n}",
+                         "sampling.final_denoise=true"])
+    for predictor in ("reverse_diffusion", "heun"):
+        for corrector_steps in _size(size, (1, 2), (1, 2, 3)):
+            for snr in _size(size, (0.16, 0.3, 0.45), (0.1, 0.16, 0.3, 0.45, 0.6)):
+                rows.append(["sampling.method=pc", f"sampling.predictor={predictor}", "sampling.schedule=ladder",
+                             f"sampling.steps={levels}", f"sampling.corrector_steps={corrector_steps}",
+                             f"sampling.snr={snr}", "sampling.final_denoise=true"])
+    if kind == "ncsnv2":
+        for n in _size(size, (11, 18), (11, 18, 26)):
+            for churn in _size(size, (10, 40), (5, 10, 20, 40, 80)):
+                rows.append(["sampling.method=edm", "sampling.schedule=edm", f"sampling.steps={n}",
+                             f"sampling.churn={churn}", "sampling.final_denoise=true"])
+    return rows
+
+
+def _parts(overrides: list[str]) -> dict[str, str]:
+    return dict(o.removeprefix("sampling.").split("=", 1) for o in overrides)
+
+
+def method_of(overrides: list[str], default: str = "annealed_langevin") -> str:
+    """The sampler a setting selects (``default``, the checkpoint's own, when it names none)."""
+    return _parts(overrides).get("method", default)
+
+
+def setting_nfe(overrides: list[str], *, levels: int, config_sampling: dict) -> int:
+    """NFE per sample of a setting on a ladder of ``levels`` levels, without loading anything;
+    ``config_sampling`` is the checkpoint config's ``sampling`` section (the defaults)."""
+    parts = {**{k: str(v) for k, v in config_sampling.items()}, **_parts(overrides)}
+    final = parts.get("final_denoise", "False").lower() == "true"
+    method = parts.get("method", "annealed_langevin")
+    if method == "annealed_langevin":
+        return levels * int(parts["steps_per_level"]) + int(final)
+    steps = parts.get("steps")
+    steps = levels if steps in (None, "None", "null") else int(steps)
+    if parts.get("schedule", "ladder") == "ladder":
+        steps = min(steps, levels)
+    return nfe_per_sample(method, steps, final_denoise=final, corrector_steps=int(parts.get("corrector_steps", 1)),
+                          predictor=parts.get("predictor", "reverse_diffusion"))
+
+
+def setting_label(overrides: list[str]) -> str:
+    """A short name: ``heun schedule=ladder steps=11`` (``config`` for the checkpoint's own)."""
+    parts = _parts(overrides)
+    parts.pop("final_denoise", None)
+    method = parts.pop("method", None)
+    words = ([method] if method else []) + [f"{k}={v}" for k, v in parts.items()]
+    return " ".join(words) or "config"

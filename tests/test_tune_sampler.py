@@ -1,0 +1,148 @@
+"""The sampler search (ncsn_ray.tune, jobs/tune_sampler.py) on a real local Ray cluster with Ray
+Tune: the front it reports, the flags it recommends reproduced through generate.py and
+evaluate.py, an interrupted search resumed without losing a finished trial, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ncsn_core import build_model, config_from_dict, geometric_sigmas, save_checkpoint
+from ncsn_ray.evaluate import job as evaluate
+from ncsn_ray.evaluate.job import EvaluateOptions
+from ncsn_ray.sample import generate
+from ncsn_ray.sample.generate import GenerateOptions
+from ncsn_ray.sample.pipeline import ActorPlan
+from ncsn_ray.tune import job as tune_job
+from ncsn_ray.tune.front import pareto_front, recommend
+from ncsn_ray.tune.job import TuneOptions
+from support.data import TINY_RUN_CONFIG, make_tiny_run
+from support.jobs import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET = 5  # on the tiny run's 3-level ladder: 8 settings of 2 to 5 network evaluations per sample
+TRIALS = 8
+N = 12
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tune-tiny") / "run"
+    make_tiny_run(run)
+    return run
+
+
+def test_front_keeps_only_undominated_points_and_recommendation_is_cheapest_within_tolerance():
+    rows = [{"nfe": 2, "score": 5.0}, {"nfe": 3, "score": 6.0}, {"nfe": 3, "score": 4.0}, {"nfe": 6, "score": 3.9},
+            {"nfe": 10, "score": float("inf")}, {"nfe": 12, "score": 3.5}, {"nfe": 20, "score": 3.6}]
+    front = pareto_front(rows)
+    assert [(r["nfe"], r["score"]) for r in front] == [(2, 5.0), (3, 4.0), (6, 3.9), (12, 3.5)]
+    assert recommend(rows, 0.15)["nfe"] == 3  # best 3.5: within 15% is <= 4.025, first met by 4.0 at 3 NFE
+    assert recommend(rows, 0.12)["nfe"] == 6  # <= 3.92: 3.9 at 6 NFE
+    assert recommend(rows, 0.0)["nfe"] == 12
+    assert recommend([{"nfe": 1, "score": float("inf")}], 0.1) is None
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_search_reports_a_monotone_front_whose_recommended_flags_reproduce_the_score(ray_local, tiny_run, tmp_path):
+    out = tmp_path / "search"
+    summary = tune_job.run(TuneOptions(checkpoint=str(tiny_run), n=N, budget_nfe=BUDGET, out=str(out),
+                                       max_concurrent=2), log=quiet)
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == TRIALS and all(t["nfe"] <= BUDGET for t in trials)
+    front = summary["front"]
+    assert [p["nfe"] for p in front] == sorted({p["nfe"] for p in front}), "one point per cost, cheapest first"
+    assert all(a["score"] > b["score"] for a, b in zip(front, front[1:])), "each point better than the cheaper one"
+    for point in front:  # no trial is as cheap and strictly better
+        assert not any(t["nfe"] <= point["nfe"] and t["score"] < point["score"] for t in trials)
+    assert (out / "_front.png").is_file() and (out / "_manifest.json").is_file()
+
+    best = summary["recommended"]
+    assert best["score"] <= min(t["score"] for t in trials) * 1.1 + 1e-12
+    samples = tmp_path / "reproduced"
+    generate.run(GenerateOptions(n=N, checkpoint=str(tiny_run), out=str(samples), overrides=best["setting"],
+                                 actors=ActorPlan(num_actors=1)), log=quiet)
+    scores = evaluate.run(EvaluateOptions(samples=str(samples), metrics="digits", use_ray=False), log=quiet)
+    real = scores["digits"]["calibration"]["real"]["digits_fd"]
+    assert scores["metrics"]["digits_fd"] / real == pytest.approx(best["score"], rel=1e-6)
+
+    again: list[str] = []
+    assert tune_job.run(TuneOptions(checkpoint=str(tiny_run), n=N, budget_nfe=BUDGET, out=str(out)),
+                        log=again.append)["recommended"] == best
+    assert "already holds this finished search" in again[0]
+
+
+def _finished_trials(experiment: Path) -> dict[str, str]:
+    """Trial folder name -> its result.json text, for the trials that reported."""
+    out = {}
+    for result in experiment.glob("*/result.json"):
+        text = result.read_text()
+        if text.strip():
+            out[result.parent.name] = text
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_an_interrupted_search_resumes_and_keeps_every_finished_trial(tiny_run, tmp_path):
+    out = tmp_path / "interrupted"
+    command = [sys.executable, str(REPO / "jobs" / "tune_sampler.py"), "--checkpoint", str(tiny_run), "--n", str(N),
+               "--budget-nfe", str(BUDGET), "--out", str(out), "--max-concurrent", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(_finished_trials(out / "tune")) < 3 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert first.poll() is None, "the search ended before it could be interrupted: " + (first.stdout.read() or "")
+    os.killpg(first.pid, signal.SIGINT)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode != 0, output
+    before = _finished_trials(out / "tune")
+    assert 3 <= len(before) < TRIALS, output
+    assert not (out / "_manifest.json").exists(), "an interrupted search publishes nothing as complete"
+
+    second = subprocess.run(command + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=360)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming the search" in second.stdout
+    after = _finished_trials(out / "tune")
+    assert len(after) == TRIALS
+    for name, text in before.items():
+        assert after[name] == text, f"finished trial {name} was run again"
+    assert json.loads(second.stdout.strip().splitlines()[-1])["recommended"]["nfe"] <= BUDGET
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_refused_with_exit_2_and_nothing_written(tiny_run, tmp_path, capsys):
+    cli = load_job("tune_sampler")
+    out = tmp_path / "refused"
+    base = ["--checkpoint", str(tiny_run), "--out", str(out)]
+    rgb = tmp_path / "rgb"
+    config = config_from_dict({**TINY_RUN_CONFIG, "data": {"dataset": "cifar10", "image_size": 8, "channels": 3}})
+    save_checkpoint(rgb / "checkpoint_000001" / "checkpoint.pt", model=build_model(config), config=config,
+                    sigmas=geometric_sigmas(1.0, 0.01, 3), step=1)
+    cases = [
+        (["--metric", "lpips"], "unknown metric 'lpips'"),
+        (["--budget-nfe", "1"], "below the cheapest sampler setting (2 network evaluations"),
+        (["--metric", "fid"], "needs --reference"),
+        (["--n", "1"], "at least 2 samples"),
+        (["--checkpoint", str(rgb)], "the digits metric scores 8x8 grey images"),
+        (["--checkpoint", str(tmp_path / "missing")], "missing"),
+    ]
+    for extra, message in cases:
+        assert cli.main([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not out.exists()
