@@ -22,6 +22,7 @@ inside their calls (sampling, encoding, writing).
 
     python benchmarks/bench_generate.py [--checkpoint URI] [--config digits] [--n 64]
         [--batch-size 16] [--steps-per-level 5] [--repeats 2]
+    python benchmarks/bench_generate.py --checkpoint runs/digits --n 512 --sampler-ratio
 
 Without ``--checkpoint`` the config's network with random weights is used (the speed does
 not depend on the weights). Prints one line per measurement and, last, a JSON object.
@@ -51,6 +52,32 @@ from ncsn_ray.sample.pipeline import ActorPlan  # noqa: E402
 from ncsn_ray.sample.sampler import Sampler, SamplerSettings, override_sampling  # noqa: E402
 
 
+ALD = "sampling.method=annealed_langevin"  # the pipeline comparison times the paper's sampler at T steps
+
+
+def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path) -> dict:
+    """``jobs/generate.py --n n`` as a user runs it (default actors, batch and shards) with the
+    checkpoint config's sampler, against the same command with annealed Langevin at the
+    config's T; samples/s of each and their ratio (the same cores, one run)."""
+    rows = {}
+    for name, overrides in (("config_sampler", []), ("annealed_langevin", [ALD])):
+        options = GenerateOptions(n=n, checkpoint=checkpoint_uri, out=str(tmp_path / f"ratio-{name}"),
+                                  overrides=overrides)
+        started = time.perf_counter()
+        summary = generate.run(options, log=lambda _msg: None)
+        seconds = time.perf_counter() - started
+        manifest = json.loads((tmp_path / f"ratio-{name}" / "_manifest.json").read_text())
+        rows[name] = {"seconds": round(seconds, 2), "samples_per_s": round(n / seconds, 3),
+                      "nfe_per_sample": manifest["nfe_per_sample"], "method": manifest["sampler"].get(
+                          "method", "annealed_langevin"), "actors_used": summary.get("actors_used")}
+        print(f"generate.py --n {n}, {rows[name]['method']} ({rows[name]['nfe_per_sample']} NFE/sample): "
+              f"{seconds:.1f} s = {n / seconds:.2f} samples/s", flush=True)
+    ratio = rows["config_sampler"]["samples_per_s"] / rows["annealed_langevin"]["samples_per_s"]
+    print(f"throughput ratio, config sampler / annealed Langevin: {ratio:.2f} "
+          f"(NFE ratio {rows['annealed_langevin']['nfe_per_sample'] / rows['config_sampler']['nfe_per_sample']:.1f})")
+    return {"sampler_ratio": round(ratio, 3), **rows}
+
+
 def random_checkpoint(config_name: str, folder: Path) -> str:
     config = load_config(ROOT / "jobs" / "configs" / f"{config_name}.yaml")
     torch.manual_seed(0)
@@ -64,7 +91,7 @@ def random_checkpoint(config_name: str, folder: Path) -> str:
 def time_direct(checkpoint_uri: str, args: argparse.Namespace, shard_size: int, threads: int) -> float:
     """Seconds for the sampler on all ``n`` seeds, shard by shard, batch by batch, ``threads`` threads."""
     checkpoint, _ = pin_checkpoint(checkpoint_uri)
-    config = override_sampling(checkpoint.config, steps_per_level=args.steps_per_level)
+    config = override_sampling(checkpoint.config, [ALD], steps_per_level=args.steps_per_level)
     sampler = Sampler.from_checkpoint(checkpoint, SamplerSettings.from_config(config))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -83,7 +110,8 @@ def time_direct(checkpoint_uri: str, args: argparse.Namespace, shard_size: int, 
 def time_pipeline(checkpoint_uri: str, args: argparse.Namespace, actors: ActorPlan, shard_size: int | None,
                   out: Path) -> dict:
     options = GenerateOptions(n=args.n, checkpoint=checkpoint_uri, out=str(out), batch_size=args.batch_size,
-                              shard_size=shard_size, steps_per_level=args.steps_per_level, actors=actors)
+                              shard_size=shard_size, steps_per_level=args.steps_per_level, actors=actors,
+                              overrides=[ALD])
     started = time.perf_counter()
     summary = generate.run(options, log=lambda _msg: None)
     return {"seconds": time.perf_counter() - started, **summary}
@@ -97,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps-per-level", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best time of each side is kept")
+    parser.add_argument("--sampler-ratio", action="store_true",
+                        help="instead: generate.py --n N with the config's sampler against annealed Langevin "
+                             "(needs --checkpoint)")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     shard_size = default_shard_size(args.n, args.batch_size, cores)
@@ -107,10 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         started_ray = init_ray(num_cpus=cores, log=lambda _msg: None)
+        if args.sampler_ratio:
+            try:
+                print(json.dumps(sampler_ratio(checkpoint_uri, args.n, tmp_path)))
+            finally:
+                if started_ray:
+                    ray.shutdown()
+            return 0
         try:
             # Warm-up: worker processes, imports, file caches. Not timed.
             warm = GenerateOptions(n=2, checkpoint=checkpoint_uri, out=str(tmp_path / "warm"), batch_size=2,
-                                   shard_size=2, steps_per_level=1, actors=ActorPlan(num_actors=1))
+                                   shard_size=2, steps_per_level=1, actors=ActorPlan(num_actors=1), overrides=[ALD])
             generate.run(warm, log=lambda _msg: None)
             runs: dict[str, list] = {"direct_1": [], "direct_all": [], "one_actor": [], "default": []}
             for r in range(args.repeats):  # alternate, keep the best of each (a busy machine only slows runs down)

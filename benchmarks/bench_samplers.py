@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench_samplers] {setup.pinned.uri} ({kind}, L={levels}, step {setup.pinned.step}); bare network "
           f"{bare:.0f} img/s at batch {batch}, {flops / 1e6:.1f} MFLOP/img = {bare * flops / 1e9:.1f} GFLOP/s "
           f"({100 * bare * flops / 1e9 / facts['fp32_peak_gflops']:.0f}% of peak)", flush=True)
-    settings = candidate_settings(kind, levels, size=args.grid) + [e.split() for e in args.extra]
+    settings = candidate_settings(kind, levels, size=args.grid, config_method=setup.settings.method)
+    settings += [e.split() for e in args.extra]
     if args.only:
         wanted = set(args.only.split(","))
         settings = [settings[0]] + [s for s in settings[1:] if method_of(s) in wanted]

@@ -88,22 +88,31 @@ def _ode(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, secon
             x.add_(source.normal(1)[0], alpha=churn_noise * math.sqrt(sigma_hat**2 - sigma**2))
         else:
             sigma_hat = sigma
-        slope = _slope(score_fn, x, sigma_hat)
-        nfe += 1
-        euler_point = x + (nxt - sigma_hat) * slope
-        if second_order:
-            slope_next = _slope(score_fn, euler_point, nxt)
-            nfe += 1
-            x.add_(slope.add_(slope_next), alpha=(nxt - sigma_hat) / 2)
-        else:
-            x = euler_point
+        nfe += _ode_step_(score_fn, x, sigma_hat, nxt, second_order=second_order)
         if callback is not None:
             callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
+    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback)
+
+
+def _ode_step_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float, nxt: float, *, second_order: bool) -> int:
+    """One Euler (or Heun, ``second_order``) step of the probability-flow ODE from ``sigma`` to
+    ``nxt > 0``, in place; returns its network evaluations."""
+    slope = _slope(score_fn, x, sigma)
+    if not second_order:
+        x.add_(slope, alpha=nxt - sigma)
+        return 1
+    slope_next = _slope(score_fn, x + (nxt - sigma) * slope, nxt)
+    x.add_(slope.add_(slope_next), alpha=(nxt - sigma) / 2)
+    return 2
+
+
+def _finish(score_fn: SigmaScoreFn, x: torch.Tensor, levels: list[float], *, final_denoise: bool, nfe: int,
+            callback: Callback | None) -> torch.Tensor:
+    """The step from the last sigma to 0 (the Tweedie denoise) when asked for; returns ``x``."""
     if final_denoise:
         _tweedie_(score_fn, x, levels[-1])
-        nfe += 1
         if callback is not None:
-            callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe})
+            callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe + 1})
     return x
 
 
@@ -163,13 +172,7 @@ def _predict_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float, nxt: float,
         variance = sigma**2 - nxt**2
         x.add_(score_fn(x, _sigma_vector(x, sigma)), alpha=variance).add_(z, alpha=math.sqrt(variance))
         return 1
-    slope = _slope(score_fn, x, sigma)
-    if predictor == "euler":
-        x.add_(slope, alpha=nxt - sigma)
-        return 1
-    slope_next = _slope(score_fn, x + (nxt - sigma) * slope, nxt)
-    x.add_(slope.add_(slope_next), alpha=(nxt - sigma) / 2)
-    return 2
+    return _ode_step_(score_fn, x, sigma, nxt, second_order=predictor == "heun")
 
 
 @torch.inference_mode()
@@ -222,12 +225,7 @@ def predictor_corrector(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.T
             nfe += 1
         if callback is not None:
             callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
-    if final_denoise:
-        _tweedie_(score_fn, x, levels[-1])
-        nfe += 1
-        if callback is not None:
-            callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe})
-    return x
+    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback)
 
 
 FAST_SAMPLERS = {"euler": euler, "heun": heun, "edm": edm_stochastic, "pc": predictor_corrector}

@@ -28,8 +28,8 @@ from support.data import TINY_RUN_CONFIG, make_tiny_run
 from support.jobs import load_job
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET = 5  # on the tiny run's 3-level ladder: 8 settings of 2 to 5 network evaluations per sample
-TRIALS = 8
+BUDGET = 5  # on the tiny run's 3-level ladder: 11 settings of 2 to 5 network evaluations per sample
+TRIALS = 11
 N = 12
 
 

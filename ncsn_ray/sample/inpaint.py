@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -72,10 +72,15 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         raise UserError(f"the image limit must be at least 1, got {options.limit}")
     if options.renoise not in ("level", "step"):
         raise UserError(f"renoise must be level or step, got {options.renoise!r}")
+    if not any(o.strip().startswith("sampling.method=") for o in options.overrides):
+        # Inpainting is annealed Langevin's (Appendix B.3): a config whose generation sampler is a
+        # fast one (the digits default) inpaints with its annealed-Langevin settings.
+        options = replace(options, overrides=[*options.overrides, "sampling.method=annealed_langevin"])
     setup = resolve_sampling(options)
     if setup.settings.fast:
         raise UserError(f"inpainting runs annealed Langevin (paper Appendix B.3); sampling.method="
-                        f"{setup.settings.method} does not inpaint: pass --set sampling.method=annealed_langevin")
+                        f"{setup.settings.method} does not inpaint: drop it or pass "
+                        "--set sampling.method=annealed_langevin")
     data = Storage.from_uri(options.data, endpoint_url=setup.endpoint_url)
     dataset = read_manifest(data)
     verify_shards(data, dataset)

@@ -96,7 +96,8 @@ def plan(options: TuneOptions) -> tuple[Any, list[list[str]], list[int]]:
                         f"{'x'.join(map(str, setup.image_shape))} (CxHxW); use --metric fid or kid")
     levels = setup.num_levels
     sampling = config.to_dict()["sampling"]
-    candidates = candidate_settings(config.model.kind, levels, size=options.size)
+    candidates = candidate_settings(config.model.kind, levels, size=options.size,
+                                    config_method=config.sampling.method)
     costs = [setting_nfe(s, levels=levels, config_sampling=sampling) for s in candidates]
     if options.budget_nfe is not None:
         cheapest = min(costs)

@@ -9,7 +9,7 @@ depends on the network (:func:`candidate_settings`):
   for each T (``sampling.eps=auto``), plus the checkpoint's own setting;
 * Euler and Heun steps of the probability-flow ODE along the trained ladder and a subset of
   it (every network), and along EDM's rho-schedule (NCSNv2: a score at any sigma);
-* the predictor-corrector along the ladder (score_sde's reverse-diffusion predictor, or a Heun
+* the predictor-corrector along the ladder (score_sde's reverse-diffusion predictor, or an Euler or Heun
   step of the probability-flow ODE), C corrector steps at several signal-to-noise ratios;
 * EDM's stochastic sampler (churn) on the rho-schedule (NCSNv2 only).
 """
@@ -27,11 +27,15 @@ def _size(value: str, quick: tuple, full: tuple) -> tuple:
     return quick if value == "quick" else full
 
 
-def candidate_settings(kind: str, levels: int, *, size: str = "quick") -> list[list[str]]:
+def candidate_settings(kind: str, levels: int, *, size: str = "quick",
+                       config_method: str = "annealed_langevin") -> list[list[str]]:
     """Settings for a ``kind`` (``ncsn`` | ``ncsnv2``) network with ``levels`` trained levels;
-    the first is the checkpoint's own setting (an empty override list). ``size``: ``quick``
-    (about 20 settings) or ``full`` (about 50)."""
+    the first is the checkpoint's own setting (an empty override list), followed, when that is
+    a fast sampler (``config_method``), by the config's annealed-Langevin setting, the
+    reference. ``size``: ``quick`` (about 30 settings) or ``full`` (about 60)."""
     rows: list[list[str]] = [[]]
+    if config_method != "annealed_langevin":
+        rows.append([ALD])
     for t in _size(size, (1, 2, 3, 5), (1, 2, 3, 5, 10, 20)):
         rows.append([ALD, f"sampling.steps_per_level={t}", "sampling.eps=auto"])
     schedules = [("ladder", n) for n in sorted({max(2, (levels + 1) // 2), levels})]
@@ -41,7 +45,7 @@ def candidate_settings(kind: str, levels: int, *, size: str = "quick") -> list[l
         for schedule, n in schedules:
             rows.append([f"sampling.method={method}", f"sampling.schedule={schedule}", f"sampling.steps={n}",
                          "sampling.final_denoise=true"])
-    for predictor in ("reverse_diffusion", "heun"):
+    for predictor in ("reverse_diffusion", "euler", "heun"):
         for corrector_steps in _size(size, (1, 2), (1, 2, 3)):
             for snr in _size(size, (0.16, 0.3, 0.45), (0.1, 0.16, 0.3, 0.45, 0.6)):
                 rows.append(["sampling.method=pc", f"sampling.predictor={predictor}", "sampling.schedule=ladder",
@@ -49,7 +53,7 @@ def candidate_settings(kind: str, levels: int, *, size: str = "quick") -> list[l
                              f"sampling.snr={snr}", "sampling.final_denoise=true"])
     if kind == "ncsnv2":
         for n in _size(size, (11, 18), (11, 18, 26)):
-            for churn in _size(size, (10, 40), (5, 10, 20, 40, 80)):
+            for churn in _size(size, (3, 10), (1, 3, 5, 10, 40)):
                 rows.append(["sampling.method=edm", "sampling.schedule=edm", f"sampling.steps={n}",
                              f"sampling.churn={churn}", "sampling.final_denoise=true"])
     return rows
