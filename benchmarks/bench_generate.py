@@ -22,7 +22,7 @@ inside their calls (sampling, encoding, writing).
 
     python benchmarks/bench_generate.py [--checkpoint URI] [--config digits] [--n 64]
         [--batch-size 16] [--steps-per-level 5] [--repeats 2]
-    python benchmarks/bench_generate.py --checkpoint runs/digits --n 512 --sampler-ratio
+    python benchmarks/bench_generate.py --checkpoint runs/digits --n 512 --sampler-ratio [--set sampling.method=pc ...]
 
 Without ``--checkpoint`` the config's network with random weights is used (the speed does
 not depend on the weights). Prints one line per measurement and, last, a JSON object.
@@ -55,12 +55,13 @@ from ncsn_ray.sample.sampler import Sampler, SamplerSettings, override_sampling 
 ALD = "sampling.method=annealed_langevin"  # the pipeline comparison times the paper's sampler at T steps
 
 
-def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path) -> dict:
+def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path, fast: list[str]) -> dict:
     """``jobs/generate.py --n n`` as a user runs it (default actors, batch and shards) with the
-    checkpoint config's sampler, against the same command with annealed Langevin at the
-    config's T; samples/s of each and their ratio (the same cores, one run)."""
+    checkpoint config's sampler (changed by the ``fast`` overrides), against the same command
+    with annealed Langevin at the config's T; samples/s of each and their ratio (the same
+    cores, one run)."""
     rows = {}
-    for name, overrides in (("config_sampler", []), ("annealed_langevin", [ALD])):
+    for name, overrides in (("config_sampler", fast), ("annealed_langevin", [ALD])):
         options = GenerateOptions(n=n, checkpoint=checkpoint_uri, out=str(tmp_path / f"ratio-{name}"),
                                   overrides=overrides)
         started = time.perf_counter()
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler-ratio", action="store_true",
                         help="instead: generate.py --n N with the config's sampler against annealed Langevin "
                              "(needs --checkpoint)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="with --sampler-ratio: sampling.key=value overrides of the first side's sampler")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     shard_size = default_shard_size(args.n, args.batch_size, cores)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         started_ray = init_ray(num_cpus=cores, log=lambda _msg: None)
         if args.sampler_ratio:
             try:
-                print(json.dumps(sampler_ratio(checkpoint_uri, args.n, tmp_path)))
+                print(json.dumps(sampler_ratio(checkpoint_uri, args.n, tmp_path, args.overrides)))
             finally:
                 if started_ray:
                     ray.shutdown()

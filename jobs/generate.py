@@ -14,7 +14,9 @@ Inpainting (paper Fig. 6: occluded | K inpaintings | original)::
 
 Without ``--checkpoint`` the newest checkpoint of the default training run ``runs/digits``
 is used; without ``--out`` samples go to ``runs/samples/<run>`` (``runs/inpaint/<run>``).
-``--n 50000`` makes an FID sample set. Progress (samples done, samples/s, time left) is
+``--n 50000`` makes an FID sample set. The sampler is the checkpoint config's ``sampling``
+section (``sampling.method``: the paper's annealed Langevin, or a fast sampler: euler, heun,
+edm, pc); the manifest records it and its network evaluations per sample. Progress (samples done, samples/s, time left) is
 printed while it runs. Re-running an interrupted command computes only the missing shards;
 re-running a finished one does nothing. Under ``ray job submit`` the same command runs on
 the cluster.
@@ -56,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample with the EMA weights when the checkpoint has them (default: the config's "
                         "sampling.ema: off in the paper configs, as the paper sampled, on in digits)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
-                        help="override the checkpoint's sampling settings, e.g. sampling.eps=2e-5, "
-                             "sampling.final_denoise=true, sampling.precision=bf16, sampling.compile=true (repeatable)")
+                        help="override the checkpoint's sampling settings, e.g. sampling.method=heun (or "
+                             "annealed_langevin, euler, edm, pc), sampling.steps=11, sampling.eps=2e-5, "
+                             "sampling.final_denoise=true, sampling.precision=bf16 (repeatable)")
     actors = parser.add_argument_group("actors (default: one per GPU with --use-gpu, else one per CPU)")
     actors.add_argument("--num-actors", type=int, help="fixed actor pool size")
     actors.add_argument("--min-actors", type=int, help="autoscaling pool: minimum")

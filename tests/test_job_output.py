@@ -8,6 +8,7 @@ starting its own embedded Ray instance), with stdout and stderr captured togethe
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import subprocess
@@ -53,11 +54,13 @@ def test_default_training_and_generation_print_progress_and_no_noise(tmp_path, d
     assert any("[train] done at step 4" in line for line in train)
     assert len(foreign) <= MAX_FOREIGN_LINES, "\n".join(foreign)
 
-    generate = run_job([str(REPO / "jobs" / "generate.py"), "--n", "8", "--steps-per-level", "2",
-                        "--checkpoint", str(runs / "digits")], cwd=tmp_path)
+    generate = run_job([str(REPO / "jobs" / "generate.py"), "--n", "8", "--checkpoint", str(runs / "digits")],
+                       cwd=tmp_path)  # the default's own sampler (31 network evaluations per sample)
     foreign = check_lines(generate, "jobs/generate.py")
     progress = [line for line in generate if re.search(r"\[generate\] \d+/8 samples", line)]
     assert progress and "8/8 samples (100.0%)" in progress[-1]
     assert any("[generate] done: 8 samples" in line for line in generate)
     assert len(foreign) <= MAX_FOREIGN_LINES, "\n".join(foreign)
-    assert (tmp_path / "runs" / "samples" / "digits" / "_manifest.json").is_file()
+    manifest = json.loads((tmp_path / "runs" / "samples" / "digits" / "_manifest.json").read_text())
+    assert manifest["sampler"]["method"] == "pc" and manifest["nfe_per_sample"] == 31
+    assert any("pc on 11 ladder sigmas" in line and "31 NFE/sample" in line for line in generate)

@@ -185,44 +185,51 @@ _SERIES_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)
 
 
 def curve_plot(series: dict[str, Sequence[tuple[float, float]]], *, x_label: str, y_label: str, title: str = "",
-               log_x: bool = True, reference: tuple[str, float] | None = None, width: int = 720,
-               height: int = 440) -> Image.Image:
+               log_x: bool = True, log_y: bool = False, reference: tuple[str, float] | None = None,
+               width: int = 720, height: int = 440) -> Image.Image:
     """Lines of ``(x, y)`` points, one per named series (e.g. a metric against network
-    evaluations per sample, one line per sampler); ``log_x`` puts x on a log scale;
-    ``reference = (label, y)`` draws a dashed horizontal line (e.g. a target)."""
+    evaluations per sample, one line per sampler); ``log_x`` / ``log_y`` put an axis on a log
+    scale (positive values only); ``reference = (label, y)`` draws a dashed horizontal line."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 64, width - 170, 28, height - 40
+    left, right, top, bottom = 64, width - 170, 44, height - 40
     draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text((left, 8), title, fill="black")
+    draw.text((left, 6), title, fill="black")
     points = [p for pts in series.values() for p in pts if all(math.isfinite(v) for v in p)]
     if not points:
         draw.text((left + 8, top + 8), "no data", fill="black")
         return img
+    if log_y:
+        points = [p for p in points if p[1] > 0]
     fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
+    fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
     xs = [fx(x) for x, _ in points]
-    ys = [y for _, y in points] + ([reference[1]] if reference else [])
+    ys = [fy(y) for _, y in points] + ([fy(reference[1])] if reference else [])
     x_lo, x_hi = min(xs), max(xs)
-    y_lo, y_hi = min(0.0, min(ys)), max(ys) * 1.05
+    y_lo, y_hi = (min(ys), max(ys)) if log_y else (min(0.0, min(ys)), max(ys) * 1.05)
     x_span, y_span = max(x_hi - x_lo, 1e-9), max(y_hi - y_lo, 1e-9)
 
     def xy(x: float, y: float) -> tuple[float, float]:
-        return (left + (fx(x) - x_lo) / x_span * (right - left), bottom - (y - y_lo) / y_span * (bottom - top))
+        return (left + (fx(x) - x_lo) / x_span * (right - left), bottom - (fy(y) - y_lo) / y_span * (bottom - top))
 
     for k in range(5):
-        y = y_lo + k * y_span / 4
-        _, py = xy(10 ** x_lo if log_x else x_lo, y)
+        level = y_lo + k * y_span / 4
+        y = 10**level if log_y else level
+        _, py = xy(10**x_lo if log_x else x_lo, y)
         draw.line([(left, py), (right, py)], fill=(230, 230, 230))
         draw.text((6, py - 6), f"{y:.3g}", fill="black")
-    ticks = sorted({round(x) for x, _ in points})
-    for x in ticks:
-        px, _ = xy(x, y_lo)
+    last_px = -1e9
+    for x in sorted({round(x) for x, _ in points}):
+        px, _ = xy(x, 10**y_lo if log_y else y_lo)
+        if px - last_px < 26:  # keep tick labels apart
+            continue
+        last_px = px
         draw.line([(px, bottom), (px, bottom + 4)], fill="black")
         draw.text((px - 8, bottom + 6), f"{x:g}", fill="black")
     draw.text((left + (right - left) // 2 - 40, bottom + 22), x_label, fill="black")
-    draw.text((6, top - 20), y_label, fill="black")
+    draw.text((6, top - 18), y_label, fill="black")
     if reference is not None:
-        _, py = xy(10 ** x_lo if log_x else x_lo, reference[1])
+        _, py = xy(10**x_lo if log_x else x_lo, reference[1])
         for px in range(left, right, 12):
             draw.line([(px, py), (min(px + 6, right), py)], fill=(90, 90, 90))
         draw.text((right + 8, py - 6), reference[0], fill=(90, 90, 90))
