@@ -134,9 +134,11 @@ def _trial(config: dict, *, checkpoint: str, n: int, metric: str, reference: str
 
 
 class _Progress:
-    """A Tune callback printing one line per finished trial (Tune's own tables are off)."""
+    """A Tune callback printing one line per finished trial to stdout (Tune's own tables are
+    off). It holds no reference to the job's ``log``: Tune saves its callbacks with the
+    experiment state, and a bound ``print`` does not pickle."""
 
-    def __new__(cls, total: int, log: Log):
+    def __new__(cls, total: int):
         from ray.tune import Callback
 
         class Progress(Callback):
@@ -148,8 +150,9 @@ class _Progress:
                 result = trial.last_result or {}
                 label = setting_label(json.loads(trial.config["setting"]))
                 score = result.get("score", float("nan"))
-                log(f"[tune] trial {self.done}/{total}: {label}: score {score:.4g}, "
-                    f"{result.get('nfe', '?')} NFE/sample, {result.get('samples_per_s', 0):.1f} samples/s")
+                print(f"[tune] trial {self.done}/{total}: {label}: score {score:.4g}, "
+                      f"{result.get('nfe', '?')} NFE/sample, {result.get('samples_per_s', 0):.1f} samples/s",
+                      flush=True)
 
         return Progress()
 
@@ -172,7 +175,7 @@ def _tuner(options: TuneOptions, out: Storage, setup, settings: list[list[str]],
         param_space={"setting": tune.grid_search([json.dumps(s) for s in settings])},
         tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage_path, storage_filesystem=filesystem,
-                                  verbose=0, callbacks=[_Progress(len(settings), log)],
+                                  verbose=0, callbacks=[_Progress(len(settings))],
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
 
