@@ -181,3 +181,9 @@ def calibration(n: int | None = None, seed: int = 0) -> dict[str, dict[str, Any]
         "gaussian": {**_score_flat(gaussian, j), "n": count},
         "uniform": {**_score_flat(uniform, j), "n": count},
     }
+
+
+def score_with_calibration(images: np.ndarray) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The metric for ``images`` and the calibration rows at the same n (at most 899, the train
+    split): what ``jobs/evaluate.py --metrics digits`` reports and the sampler search ranks by."""
+    return score(images), calibration(min(len(images), 899))

@@ -106,8 +106,7 @@ def check_inputs(samples_uri: str, reference_uri: str | None, *, metrics: str | 
 
 def _digits_scores(images: np.ndarray, log: Log) -> tuple[dict[str, float], dict[str, Any]]:
     """The digits metric and its calibration at the same number of images."""
-    scored = digits_quality.score(images)
-    rows = digits_quality.calibration(min(len(images), 899))
+    scored, rows = digits_quality.score_with_calibration(images)
     log("[evaluate] digits metric (classifier-feature Frechet distance; lower is better), "
         f"calibration at n={rows['real']['n']}:")
     for name, row in (("samples", scored), *rows.items()):

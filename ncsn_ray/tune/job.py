@@ -95,10 +95,9 @@ def plan(options: TuneOptions) -> tuple[Any, list[list[str]], list[int]]:
         raise UserError(f"{setup.pinned.uri}: the digits metric scores 8x8 grey images, this checkpoint models "
                         f"{'x'.join(map(str, setup.image_shape))} (CxHxW); use --metric fid or kid")
     levels = setup.num_levels
-    sampling = config.to_dict()["sampling"]
     candidates = candidate_settings(config.model.kind, levels, size=options.size,
                                     config_method=config.sampling.method)
-    costs = [setting_nfe(s, levels=levels, config_sampling=sampling) for s in candidates]
+    costs = [setting_nfe(s, levels=levels, config=config) for s in candidates]
     if options.budget_nfe is not None:
         cheapest = min(costs)
         if options.budget_nfe < cheapest:

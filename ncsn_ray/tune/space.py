@@ -16,8 +16,6 @@ depends on the network (:func:`candidate_settings`):
 
 from __future__ import annotations
 
-from ncsn_core.fast_sampling import nfe_per_sample
-
 __all__ = ["candidate_settings", "setting_nfe", "setting_label", "method_of"]
 
 ALD = "sampling.method=annealed_langevin"
@@ -68,20 +66,12 @@ def method_of(overrides: list[str], default: str = "annealed_langevin") -> str:
     return _parts(overrides).get("method", default)
 
 
-def setting_nfe(overrides: list[str], *, levels: int, config_sampling: dict) -> int:
-    """NFE per sample of a setting on a ladder of ``levels`` levels, without loading anything;
-    ``config_sampling`` is the checkpoint config's ``sampling`` section (the defaults)."""
-    parts = {**{k: str(v) for k, v in config_sampling.items()}, **_parts(overrides)}
-    final = parts.get("final_denoise", "False").lower() == "true"
-    method = parts.get("method", "annealed_langevin")
-    if method == "annealed_langevin":
-        return levels * int(parts["steps_per_level"]) + int(final)
-    steps = parts.get("steps")
-    steps = levels if steps in (None, "None", "null") else int(steps)
-    if parts.get("schedule", "ladder") == "ladder":
-        steps = min(steps, levels)
-    return nfe_per_sample(method, steps, final_denoise=final, corrector_steps=int(parts.get("corrector_steps", 1)),
-                          predictor=parts.get("predictor", "reverse_diffusion"))
+def setting_nfe(overrides: list[str], *, levels: int, config) -> int:
+    """NFE per sample of a setting on a ladder of ``levels`` levels, computed as the generation
+    job computes it (the checkpoint's ``config`` with the overrides applied), loading nothing."""
+    from ..sample.sampler import SamplerSettings, override_sampling
+
+    return SamplerSettings.from_config(override_sampling(config, overrides)).nfe_per_sample(levels)
 
 
 def setting_label(overrides: list[str]) -> str:

@@ -53,8 +53,8 @@ def digits_score(images: np.ndarray) -> tuple[float, dict[str, Any]]:
     Fréchet distance over that of real digits at the same n, with confidence and class shares."""
     from ..evaluate import digits
 
-    scored = digits.score(images)
-    real = digits.calibration(min(len(images), 899))["real"]["digits_fd"]
+    scored, rows = digits.score_with_calibration(images)
+    real = rows["real"]["digits_fd"]
     extra = {"fd": scored["digits_fd"], "real_fd": real, "confidence": scored["digits_confidence"],
              "max_class_share": scored["digits_max_class_share"],
              "near_copy_share": scored["digits_near_copy_share"]}
