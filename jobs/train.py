@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (repeatable)")
     p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the latest checkpoint), default 3")
     p.add_argument("--data-cache", choices=["auto", "on", "off"], default="auto",
-                   help="keep each worker's decoded data shard in memory (auto: if under 1 GiB)")
+                   help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
     p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",

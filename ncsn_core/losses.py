@@ -74,17 +74,19 @@ def dsm_loss(
     anneal_power: float = 2.0,
     generator: torch.Generator | None = None,
     levels: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> LossOutput:
     """Denoising score matching (paper eq. 5-6).
 
     ``l(sigma) = 1/2 E || s(x~, sigma) + (x~ - x) / sigma^2 ||^2`` with ``x~ = x + sigma z``,
     summed over dimensions, weighted by ``sigma ** anneal_power``, averaged over the batch.
-    ``levels`` fixes each example's level instead of drawing it at random.
+    ``levels`` ``(B,)`` fixes each example's level and ``noise`` (shaped like ``x``) its
+    ``z``, instead of drawing them from ``generator``.
     """
     if levels is None:
         levels = _sample_levels(x, sigmas.numel(), generator)
     sigma = _per_level_sigma(x, sigmas, levels)
-    z = _randn_like(x, generator)
+    z = _randn_like(x, generator) if noise is None else noise.to(x.dtype)
     x_noisy = x + sigma * z
     target = -z / sigma  # = -(x~ - x) / sigma^2
     score = model(x_noisy, levels)

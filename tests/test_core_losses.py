@@ -33,6 +33,9 @@ def test_dsm_of_a_zero_score_is_half_the_noise_energy():
     assert torch.equal(out.levels, levels)
     assert torch.allclose(out.per_example, expected, rtol=1e-5)
     assert out.loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    # The same draws given from outside (as the step-addressed training batches do) give the same loss.
+    given = dsm_loss(lambda x, lvl: torch.zeros_like(x), x, sigmas, levels=levels, noise=z)
+    assert torch.equal(given.per_example, out.per_example)
 
 
 @pytest.mark.parametrize("loss_fn", [dsm_loss, ssm_loss])

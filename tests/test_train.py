@@ -7,6 +7,8 @@ CLI's exit codes are checked through subprocesses in the bad-input tests.
 from __future__ import annotations
 
 import json
+import os
+import random
 import subprocess
 import sys
 
@@ -18,7 +20,7 @@ from ncsn_ray.train.checkpoints import list_checkpoints
 from ncsn_ray.data.prepare import prepare_dataset
 from ncsn_ray.io.storage import Storage
 from support.jobs import load_job
-from support.train_helpers import REPO, metrics, write_tiny_config
+from support.train_helpers import REPO, metrics, training_state_digests, write_tiny_config
 
 train_main = load_job("train").main
 
@@ -58,20 +60,64 @@ def test_prepare_on_s3_train_with_s3_checkpoints_and_resume(ray_local, s3_bucket
     assert "nothing to do" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def straight_run(ray_local, digits_local, tmp_path_factory):
+    """The tiny config trained 8 steps without interruption (checkpoints at 4 and 8)."""
+    folder = tmp_path_factory.mktemp("straight")
+    config = write_tiny_config(folder)
+    storage = folder / "runs"
+    assert train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
+                       "--steps", "8", "--checkpoint-every", "4", "--max-failures", "0", "--no-preview"]) == 0
+    return storage / "tiny"
+
+
 @pytest.mark.timeout(400)
-def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(ray_local, digits_local, tmp_path, capsys):
+def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(straight_run, digits_local, tmp_path):
     config = write_tiny_config(tmp_path)
-    storage = tmp_path / "runs"
-    code = train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
-                       "--steps", "6", "--checkpoint-every", "3", "--inject-failure-at-step", "4",
-                       "--max-failures", "2", "--no-preview"])
-    assert code == 0
-    run = storage / "tiny"
-    assert (run / ".injected-failure-done").exists(), "the failure was not injected"
-    assert [step for step, _ in list_checkpoints(Storage.from_uri(str(run)))] == [3, 6]
-    final = load_checkpoint(run / "checkpoint_00000006" / "checkpoint.pt")
-    assert final.step == 6 and int(final.optimizer_state["state"][0]["step"]) == 6
-    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4, 5, 6]
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--checkpoint-every", "4", "--no-preview"]
+    # Interrupted at the step-4 checkpoint, then re-run to the end.
+    assert train_main([*common, "--name", "resumed", "--steps", "4", "--max-failures", "0"]) == 0
+    assert train_main([*common, "--name", "resumed", "--steps", "8", "--max-failures", "0"]) == 0
+    # A worker killed after a random step past the first checkpoint; Ray Train replaces it and
+    # it resumes from step 4 (the step is printed so that a failure can be replayed).
+    kill_at = random.Random(os.environ.get("PYTEST_SEED", "29")).randint(5, 8)
+    print(f"killing the worker after step {kill_at}")
+    assert train_main([*common, "--name", "killed", "--steps", "8", "--max-failures", "2",
+                       "--inject-failure-at-step", str(kill_at)]) == 0
+    killed = tmp_path / "runs" / "killed"
+    assert (killed / ".injected-failure-done").exists(), "the failure was not injected"
+    assert [m["step"] for m in metrics(killed)] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    expected = training_state_digests(straight_run / "checkpoint_00000008" / "checkpoint.pt")
+    for name in ("resumed", "killed"):
+        got = training_state_digests(tmp_path / "runs" / name / "checkpoint_00000008" / "checkpoint.pt")
+        assert got == expected, f"{name}: weights, EMA or Adam state differ from the uninterrupted run"
+    final = load_checkpoint(killed / "checkpoint_00000008" / "checkpoint.pt")
+    assert final.step == 8 and int(final.optimizer_state["state"][0]["step"]) == 8
+
+
+@pytest.mark.timeout(400)
+def test_resuming_with_two_workers_trains_on_the_same_global_batches(straight_run, digits_local, tmp_path):
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--checkpoint-every", "4", "--no-preview", "--max-failures", "0"]
+    assert train_main([*common, "--steps", "4"]) == 0
+    assert train_main([*common, "--steps", "8", "--num-workers", "2", "--debug-rank-digests"]) == 0
+    run = tmp_path / "runs" / "tiny"
+    ranks = [json.loads((run / "rank_digests" / f"step_00000008_rank_{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["ema_digest"] == ranks[1]["ema_digest"]
+
+    straight = load_checkpoint(straight_run / "checkpoint_00000008" / "checkpoint.pt")
+    elastic = load_checkpoint(run / "checkpoint_00000008" / "checkpoint.pt")
+    # Two workers sum the same gradients in another order: equal to float tolerance. Adam
+    # divides by sqrt(v), so per-weight differences of a few 1e-7 relative become ~1e-6.
+    for name, tensor in straight.model_state.items():
+        difference = (elastic.model_state[name] - tensor).abs().max().item()
+        assert difference < 1e-5, f"{name} differs by {difference:.2e} from the one-worker run"
+    # ... a tolerance far below how much steps 5 to 8 moved the weights.
+    at_4 = load_checkpoint(run / "checkpoint_00000004" / "checkpoint.pt")
+    assert max((straight.model_state[n] - t).abs().max().item() for n, t in at_4.model_state.items()) > 1e-3
 
 
 @pytest.mark.timeout(400)

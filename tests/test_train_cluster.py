@@ -48,7 +48,8 @@ def test_ddp_on_two_nodes_keeps_ranks_identical_and_lowers_the_loss(digits_local
     run = storage / "tiny"
     for step in (20, 40):
         records = [json.loads((run / "rank_digests" / f"step_{step:08d}_rank_{r}.json").read_text()) for r in (0, 1)]
-        assert records[0]["digest"] == records[1]["digest"], f"ranks disagree at step {step}"
+        assert records[0]["digest"] == records[1]["digest"], f"ranks' weights disagree at step {step}"
+        assert records[0]["ema_digest"] == records[1]["ema_digest"], f"ranks' EMA weights disagree at step {step}"
         assert records[0]["node"] != records[1]["node"], "the two workers ran on the same node"
     logged = metrics(run)
     assert [m["step"] for m in logged] == sorted({m["step"] for m in logged}) and logged[-1]["step"] == 40

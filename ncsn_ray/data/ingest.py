@@ -1,9 +1,15 @@
-"""Training input: a prepared Parquet dataset -> Ray Data -> decoded uint8 image batches.
+"""Training input: a prepared Parquet dataset -> decoded uint8 image batches, two paths.
 
-The dataset is read with ``ray.data.read_parquet`` from object storage and PNG-decoded by
-Ray Data tasks into ``image: (N, C, H, W) uint8``. Training workers take their split with
-``ray.train.get_dataset_shard("train").iter_torch_batches``. Augmentation (dequantisation,
-flips) happens on the worker's device, per step, so every epoch sees fresh noise.
+* In memory (datasets under the cache limit): every worker reads the shards itself with
+  :func:`read_images` (no Ray Data pipeline to start: milliseconds for digits) and trains
+  on step-addressed batches (:mod:`ncsn_ray.data.global_batches`), which makes resumption
+  exact and elastic.
+* Streaming (larger datasets): the driver builds a Ray Data pipeline with
+  :func:`build_train_dataset` (``ray.data.read_parquet`` from object storage, PNG decoding
+  in Ray Data tasks) and each worker iterates its split with :class:`WorkerBatches`. Ray
+  Data's order is not repeatable, so a resumed run differs from an uninterrupted one.
+
+Augmentation (dequantisation, flips) happens on the worker's device, per step.
 """
 
 from __future__ import annotations
@@ -13,16 +19,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from .format import DatasetManifest, decode_images
+from .format import DatasetManifest, decode_images, iter_tables
 from ..io.storage import Storage
 
-__all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches"]
+__all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches", "read_images", "fits_in_memory"]
 
 
 def decode_batch(batch: dict[str, Any], channels: int) -> dict[str, np.ndarray]:
     """Ray Data batch (numpy format) with PNG ``image`` bytes -> ``{"image": (N, C, H, W) uint8}``."""
     images = decode_images(batch["image"], channels)  # (N, H, W, C)
     return {"image": np.ascontiguousarray(images.transpose(0, 3, 1, 2))}
+
+
+def fits_in_memory(manifest: DatasetManifest, cache: str, limit_bytes: int) -> bool:
+    """Whether training takes the in-memory path: ``cache`` is ``"on"``, or ``"auto"`` and the
+    decoded images (``N C H W`` bytes) fit in ``limit_bytes``."""
+    size = manifest.num_rows * manifest.channels * manifest.height * manifest.width
+    return cache == "on" or (cache == "auto" and size <= limit_bytes)
+
+
+def read_images(storage: Storage, manifest: DatasetManifest) -> torch.Tensor:
+    """Every image of a prepared dataset, in manifest order: ``(N, C, H, W)`` uint8 (CPU)."""
+    parts = [decode_images(table.column("image").to_pylist(), manifest.channels) for table in
+             iter_tables(storage, manifest)]
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts).transpose(0, 3, 1, 2)))
 
 
 def build_train_dataset(storage: Storage, manifest: DatasetManifest):
@@ -39,59 +59,42 @@ def augment(
     dequantize: bool,
     random_flip: bool,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, C, H, W)`` uint8 -> float32 in [0, 1] (the paper's preprocessing).
 
     Dequantisation as the original code: ``x * 255/256 + U(0, 1)/256`` where ``x = u8 / 255``.
-    ``random_flip`` mirrors each image horizontally with probability 1/2.
+    ``random_flip`` mirrors each image horizontally with probability 1/2. The uniforms
+    (``uniform``, shaped like the images) and coins (``flip``, ``(B,)`` bool) are drawn from
+    ``generator`` unless given.
     """
     x = images_uint8.to(torch.float32) / 255.0
     if dequantize:
-        noise = torch.rand(x.shape, generator=generator, device=x.device)
-        x = x * (255.0 / 256.0) + noise / 256.0
+        if uniform is None:
+            uniform = torch.rand(x.shape, generator=generator, device=x.device)
+        x = x * (255.0 / 256.0) + uniform / 256.0
     if random_flip:
-        flip = torch.rand((x.shape[0], 1, 1, 1), generator=generator, device=x.device) < 0.5
-        x = torch.where(flip, x.flip(-1), x)
+        if flip is None:
+            flip = torch.rand((x.shape[0],), generator=generator, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     return x
 
 
 class WorkerBatches:
-    """Endless iterator of ``(B, C, H, W)`` uint8 batches from one worker's dataset shard.
+    """Endless iterator of ``(B, C, H, W)`` uint8 batches streamed from one worker's Ray Data
+    split (``iter_torch_batches`` every epoch, locally shuffled): the streaming path."""
 
-    Streams ``iter_torch_batches`` every epoch, or (``cache``: ``"on"``, or ``"auto"`` when the
-    shard is under ``cache_limit`` bytes) streams the shard once, keeps it on the device and
-    draws a fresh permutation per epoch, so small data sets (digits, CIFAR-10) cost no
-    per-epoch pipeline start-up.
-    """
-
-    def __init__(self, shard, batch_size: int, device: torch.device, *, cache: str, cache_limit: int,
-                 item_bytes: int, approx_rows: int, seed: int):
+    def __init__(self, shard, batch_size: int, device: torch.device):
         self.shard, self.batch_size, self.device = shard, batch_size, device
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.cached: torch.Tensor | None = None
-        if cache == "on" or (cache == "auto" and approx_rows * item_bytes <= cache_limit):
-            # device="cpu": Ray's default ("auto") picks CUDA whenever the worker reserved a GPU.
-            parts = [b["image"] for b in shard.iter_torch_batches(batch_size=4096, dtypes={"image": torch.uint8},
-                                                                    device="cpu")]
-            self.cached = torch.cat(parts).to(device)
-            if len(self.cached) < batch_size:
-                raise ValueError(
-                    f"this worker's share of the data set has {len(self.cached)} images, fewer than its batch "
-                    f"size {batch_size}: lower training.batch_size or the number of workers"
-                )
 
     def __iter__(self):
         while True:
-            if self.cached is not None:
-                order = torch.randperm(len(self.cached), generator=self.generator).to(self.device)
-                for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                    yield self.cached[order[start : start + self.batch_size]]
-            else:
-                for batch in self.shard.iter_torch_batches(
-                    batch_size=self.batch_size,
-                    dtypes={"image": torch.uint8},
-                    device=self.device,
-                    drop_last=True,
-                    local_shuffle_buffer_size=max(4 * self.batch_size, 1024),
-                ):
-                    yield batch["image"]
+            for batch in self.shard.iter_torch_batches(
+                batch_size=self.batch_size,
+                dtypes={"image": torch.uint8},
+                device=self.device,
+                drop_last=True,
+                local_shuffle_buffer_size=max(4 * self.batch_size, 1024),
+            ):
+                yield batch["image"]

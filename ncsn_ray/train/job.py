@@ -28,6 +28,7 @@ from ..errors import JobFailed, UserError, root_cause
 from ..io.layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
 from ..cluster import FAKE_GPUS_ENV
 from ..io.storage import Storage, StorageError
+from ..data.ingest import fits_in_memory
 from .loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
@@ -35,6 +36,7 @@ __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml")
 AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
 IMAGE_MODELS = ("ncsn", "ncsnv2")
+CACHE_LIMIT_BYTES = 1 << 30  # decoded datasets up to this size train in memory (data_cache "auto")
 
 Log = Callable[[str], None]
 
@@ -178,17 +180,18 @@ def _check_run_compatible(run: Storage, config: Config, allow_config_change: boo
     return Resume(ckpt.step, point.uri, changes)
 
 
-def _worker_resources(options: TrainOptions, total_cpus: float, log: Log) -> tuple[float, int]:
+def _worker_resources(options: TrainOptions, total_cpus: float, streaming: bool, log: Log) -> tuple[float, int]:
     """``(CPUs reserved per worker, torch threads per worker)``.
 
-    On a small CPU-only machine a worker reserves less than a whole CPU so that Ray Data
-    keeps one for loading (a trainer whose workers reserve every CPU starves its own ingest
-    and hangs); its torch threads still use the cores it shares.
+    When the data streams through Ray Data on a small CPU-only machine, a worker reserves
+    less than a whole CPU so that Ray Data keeps one for loading (a trainer whose workers
+    reserve every CPU starves its own ingest and hangs); its torch threads still use the
+    cores it shares. In-memory training reads its data in the worker and needs no such room.
     """
     cpus = options.cpus_per_worker
     if cpus is None:
         cpus = 1.0
-        if not options.use_gpu and total_cpus - options.num_workers * cpus < 1:
+        if streaming and not options.use_gpu and total_cpus - options.num_workers * cpus < 1:
             cpus = max(0.1, (total_cpus - 1) / options.num_workers) if total_cpus > 1 else 0.5
             log(f"[train] {total_cpus:g} CPUs: reserving {cpus:.2g} CPU per worker to leave room for data loading")
     threads = 0 if options.use_gpu else max(1, int(total_cpus // options.num_workers))
@@ -225,17 +228,19 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     started = time.perf_counter()
     started_ray = init_ray(log=log)
     try:
-        cpus, threads = _worker_resources(options, cluster_cpus(), log)
+        in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
+        cpus, threads = _worker_resources(options, cluster_cpus(), not in_memory, log)
         worker = WorkerOptions(
             run_uri=run_location.uri, endpoint_url=options.endpoint_url,
             use_gpu=options.use_gpu and not os.environ.get(FAKE_GPUS_ENV),
-            torch_threads=threads, cache_data=options.data_cache, preview=options.preview, verbose=options.verbose,
-            num_rows=manifest.num_rows, inject_failure_at_step=options.inject_failure_at_step,
+            torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
+            verbose=options.verbose, inject_failure_at_step=options.inject_failure_at_step,
             rank_digests=options.rank_digests, resume_uri=resume.uri, config_changes=resume.changes,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
             f"{config.training.batch_size} over {options.num_workers} worker(s), data {data.uri} "
-            f"({manifest.num_rows} images), run folder {run_location.uri}")
+            f"({manifest.num_rows} images, {'in memory, step-addressed' if in_memory else 'streamed by Ray Data'}), "
+            f"run folder {run_location.uri}")
         _fit(options, config, name, run_location, data, manifest, worker, cpus)
     finally:
         if started_ray:
@@ -265,6 +270,17 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     # Tests on a simulated cluster: reserve the (declared, not real) GPUs, train on the CPU
     # with gloo (the workers' own device choice is the CPU: ``worker.use_gpu`` is False).
     simulated = options.use_gpu and bool(os.environ.get(FAKE_GPUS_ENV))
+    streaming: dict[str, Any] = {}
+    if not worker.in_memory:  # the in-memory path reads the shards in the workers: no pipeline to start
+        streaming = dict(
+            datasets={"train": build_train_dataset(data, manifest)},
+            # Our own ingest options (Train's defaults copy a deprecated Ray Data field and warn).
+            # One worker reads the whole dataset: no split, so no split-coordinator actor to start.
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split="all" if options.num_workers > 1 else [],
+                execution_options=ExecutionOptions(preserve_order=False),
+            ),
+        )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "options": asdict(worker)},
@@ -281,13 +297,7 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if options.verbose else "WARNING"),
         ),
-        datasets={"train": build_train_dataset(data, manifest)},
-        # Our own ingest options (Train's defaults copy a deprecated Ray Data field and warn).
-        # One worker reads the whole dataset: no split, so no split-coordinator actor to start.
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split="all" if options.num_workers > 1 else [],
-            execution_options=ExecutionOptions(preserve_order=False),
-        ),
+        **streaming,
     )
     if run_location.exists(STOPPED_FILE):
         run_location.delete(STOPPED_FILE)  # from an earlier attempt

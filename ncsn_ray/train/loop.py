@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,7 +46,9 @@ from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STO
 from ..sample.pipeline import format_seconds
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
 from ..io.storage import Storage
-from ..data.ingest import WorkerBatches, augment
+from ..data.format import read_manifest
+from ..data.global_batches import GlobalBatches
+from ..data.ingest import WorkerBatches, augment, read_images
 
 __all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker", "FAILURE_MARKER"]
 
@@ -71,11 +73,10 @@ class WorkerOptions:
     endpoint_url: str | None = None
     use_gpu: bool = False
     torch_threads: int = 0  # 0 = leave torch's default
-    cache_data: str = "auto"  # auto | on | off: keep the decoded shard in worker memory
-    cache_limit_bytes: int = 1 << 30
+    data_uri: str = ""  # the prepared dataset (read directly by each worker on the in-memory path)
+    in_memory: bool = True  # step-addressed batches over the whole dataset in memory; else Ray Data streaming
     preview: bool = True
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
-    num_rows: int = 0  # rows of the dataset (to size the cache)
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
     inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
@@ -236,17 +237,24 @@ class RunRecord:
         return self.run.uri_of(name)
 
 
-def _write_rank_digest(run: Storage, model: torch.nn.Module, rank: int, step: int) -> None:
-    """Record a hash of this rank's weights and its node (to check that DDP keeps ranks identical)."""
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names and tensor bytes, in name order)."""
     import hashlib
 
-    import ray
-
     h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
+    for key, tensor in sorted(module.state_dict().items()):
         h.update(key.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    record = {"rank": rank, "step": step, "digest": h.hexdigest(), "node": ray.get_runtime_context().get_node_id()}
+    return h.hexdigest()
+
+
+def _write_rank_digest(run: Storage, state: TrainState, rank: int, step: int) -> None:
+    """Record hashes of this rank's weights and EMA weights and its node (to check that DDP
+    keeps ranks identical)."""
+    import ray
+
+    record = {"rank": rank, "step": step, "digest": state_digest(state.model), "ema_digest": state_digest(state.ema.module),
+              "node": ray.get_runtime_context().get_node_id()}
     run.write_json(f"rank_digests/step_{step:08d}_rank_{rank}.json", record)
 
 
@@ -284,6 +292,46 @@ def _report_checkpoint(state: TrainState, rank: int) -> None:
             (Path(folder) / STEP_FILE).write_text(f"{state.step}\n")
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({"step": state.step}, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+
+
+def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, rank: int, world: int,
+                  start_step: int) -> Callable[[int], tuple[torch.Tensor, dict[str, Any]]]:
+    """``next_batch(step) -> (x, loss keyword arguments)``: the augmented float batch this
+    worker trains on at ``step`` (1-based) and the draws the loss takes from outside.
+
+    In memory: step-addressed (:class:`GlobalBatches`), so that a resumed run, with any
+    number of workers, makes the uninterrupted run's draws. Streaming: Ray Data's split with
+    generators seeded at the start of this attempt (reproducible only from a fresh start).
+    """
+    import ray.train
+
+    tc, data_cfg = config.training, config.data
+    per_worker = tc.batch_size // world
+    if opts.in_memory:
+        data = Storage.from_uri(opts.data_uri, endpoint_url=opts.endpoint_url)
+        images = read_images(data, read_manifest(data)).to(device)
+        batches = GlobalBatches(images, global_batch=per_worker * world, seed=tc.seed,
+                                num_levels=config.noise.num_levels, rank=rank, world=world)
+
+        def next_in_memory(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+            d = batches.draws(step)
+            x = augment(d.images, dequantize=data_cfg.dequantize, random_flip=data_cfg.random_flip,
+                        uniform=d.uniform, flip=d.flip)
+            if tc.loss == "dsm":
+                return x, {"levels": d.levels, "noise": d.noise}
+            return x, {"levels": d.levels, "generator": batches.loss_generator(step)}
+
+        return next_in_memory
+
+    stream = iter(WorkerBatches(ray.train.get_dataset_shard("train"), per_worker, device))
+    aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + start_step)
+
+    def next_streamed(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        x = augment(next(stream), dequantize=data_cfg.dequantize, random_flip=data_cfg.random_flip,
+                    generator=aug_generator)
+        return x, {}
+
+    return next_streamed
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -333,12 +381,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     if tc.loss == "ssm":
         loss_kwargs["n_projections"] = tc.n_projections
     per_worker = tc.batch_size // world
-    batches = iter(WorkerBatches(
-        ray.train.get_dataset_shard("train"), per_worker, device, cache=opts.cache_data,
-        cache_limit=opts.cache_limit_bytes, item_bytes=config.data.channels * config.data.image_size**2,
-        approx_rows=opts.num_rows // world, seed=tc.seed * 1000 + rank + state.step,
-    ))
-    aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + state.step)
+    next_batch = _batch_source(config, opts, device, rank, world, state.step)
     window = LossWindow(config.noise.num_levels, device)
     record = RunRecord(run, config, state.sigmas, state.step) if rank == 0 else None
     if record is not None and opts.config_changes:
@@ -349,10 +392,9 @@ def _train(loop_config: dict[str, Any]) -> None:
     # Loop, report.
     model.train()
     while state.step < tc.steps:
-        x = augment(next(batches), dequantize=config.data.dequantize, random_flip=config.data.random_flip,
-                    generator=aug_generator)
+        x, step_kwargs = next_batch(state.step + 1)
         out = train_step(model, state.optimizer, loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
-                         **loss_kwargs)
+                         **loss_kwargs, **step_kwargs)
         state.step += 1
         window.add(out, state.step)
         if state.step == opts.inject_failure_at_step and rank == 0 and not run.exists(FAILURE_MARKER):
@@ -367,7 +409,7 @@ def _train(loop_config: dict[str, Any]) -> None:
             record.log_window(state.step, stats, per_worker * world)
         if checkpoint_due:
             if opts.rank_digests:
-                _write_rank_digest(run, state.model, rank, state.step)
+                _write_rank_digest(run, state, rank, state.step)
             _report_checkpoint(state, rank)
             if record is not None:
                 record.draw_loss()
