@@ -67,10 +67,10 @@ def test_auto_values_resolve_from_the_data_for_digits():
     config = load_config(REPO / "jobs" / "configs" / "digits-v2.yaml")
     assert config.has_auto()
     resolved, chosen = resolve_auto(config, max_distance=4.8137, dimension=64)
-    assert chosen["noise.sigma_max"] == pytest.approx(4.8137) and chosen["noise.num_levels"] == 21
+    assert chosen["noise.sigma_max"] == pytest.approx(4.8137) and chosen["noise.num_levels"] == 14
     assert chosen["sampling.eps"] == pytest.approx(suggest_step_size(
-        geometric_sigmas(4.8137, resolved.noise.sigma_min, 21), resolved.sampling.steps_per_level))
-    assert not resolved.has_auto() and build_model(resolved).sigmas.shape == (21,)
+        geometric_sigmas(4.8137, resolved.noise.sigma_min, 14), resolved.sampling.steps_per_level))
+    assert not resolved.has_auto() and build_model(resolved).sigmas.shape == (14,)
     with pytest.raises(Exception, match="largest distance"):
         resolve_auto(config_from_dict({"noise": {"sigma_max": "auto"}}), max_distance=None, dimension=64)
 
@@ -99,11 +99,13 @@ def test_digits_v2_trains_and_samples_through_the_jobs(ray_local, digits_local, 
     checkpoint = load_checkpoint(storage / "digits-v2" / "checkpoint_00000004" / "checkpoint.pt")
     config = checkpoint.config
     assert config.model.kind == "ncsnv2" and not config.has_auto()
-    assert config.noise.sigma_max == pytest.approx(4.8137, abs=1e-3) and config.noise.num_levels == 21
+    assert config.noise.sigma_max == pytest.approx(4.8137, abs=1e-3) and config.noise.num_levels == 14
     assert checkpoint.ema_state is not None and "sigmas" in checkpoint.model_state
     out = tmp_path / "samples"
     assert load_job("generate").main(["--checkpoint", str(storage / "digits-v2"), "--n", "6", "--out", str(out),
                                       "--num-actors", "1"]) == 0
     manifest = read_sample_manifest(Storage.from_uri(str(out)))
-    assert manifest["count"] == 6 and manifest["sampler"]["steps_per_level"] == 5
-    assert manifest["sampler"]["eps"] == pytest.approx(config.sampling.eps) and manifest["checkpoint"]["weights"] == "ema"
+    assert manifest["count"] == 6 and manifest["checkpoint"]["weights"] == "ema"
+    # The config's sampler: EDM's stochastic sampler, 18 sigmas of the rho-schedule, 35 NFE.
+    assert (manifest["sampler"]["method"], manifest["sampler"]["steps"], manifest["nfe_per_sample"]) == ("edm", 18, 35)
+    assert manifest["sampler"]["eps"] == pytest.approx(config.sampling.eps)  # resolved, for annealed Langevin
