@@ -29,14 +29,14 @@ import pyarrow as pa
 
 from ..errors import UserError
 from ..io.figures import decode_png, png_bytes
-from ..io.layout import MANIFEST, existing_name
+from ..io.layout import MANIFEST
+from ..io.sharded import ShardedFolder
 from ..io.storage import Storage
 
 __all__ = [
     "DatasetError",
     "DatasetManifest",
     "ShardInfo",
-    "MANIFEST_NAME",
     "SCHEMA",
     "shard_name",
     "write_manifest",
@@ -44,20 +44,20 @@ __all__ = [
     "decode_images",
     "encode_rows",
     "verify_shards",
-    "check_shard_name",
+    "FOLDER",
     "max_pairwise_distance",
     "dataset_max_distance",
     "MAX_DISTANCE_ROWS",
 ]
 
-MANIFEST_NAME = MANIFEST
-FORMAT = "ncsn-dataset"
-VERSION = 1
 SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("label", pa.int64())])
 
 
 class DatasetError(UserError):
     """A dataset that cannot be used (missing, incomplete, inconsistent); names the URI."""
+
+
+FOLDER = ShardedFolder(format="ncsn-dataset", version=1, noun="dataset", error=DatasetError)
 
 
 @dataclass
@@ -79,16 +79,14 @@ class DatasetManifest:
     source: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+        """The manifest as written (the reference-feature cache keys on it)."""
+        return {"format": FOLDER.format, "version": FOLDER.version, **asdict(self)}
 
     @classmethod
-    def from_json(cls, raw: Any, uri: str) -> "DatasetManifest":
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise DatasetError(f"{uri}: {MANIFEST_NAME} is not an ncsn dataset manifest")
+    def from_json(cls, raw: dict[str, Any], uri: str) -> "DatasetManifest":
+        """From a manifest :data:`FOLDER` has read (format and shard names checked)."""
         try:
             shards = [ShardInfo(**s) for s in raw["shards"]]
-            for shard in shards:
-                check_shard_name(shard.path, uri)
             return cls(
                 name=str(raw["name"]),
                 height=int(raw["height"]),
@@ -99,32 +97,17 @@ class DatasetManifest:
                 source=dict(raw.get("source") or {}),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise DatasetError(f"{uri}: malformed {MANIFEST_NAME} ({err})") from err
+            raise DatasetError(f"{uri}: malformed {MANIFEST} ({err})") from err
 
     def shard_paths(self, storage: Storage) -> list[str]:
         """Filesystem paths of the shards (for ``ray.data.read_parquet(..., filesystem=storage.fs)``)."""
         return [storage.full(s.path) for s in self.shards]
 
 
-def check_shard_name(name: Any, uri: str) -> str:
-    """A shard name from a manifest must name a file directly in the folder: no ``/``,
-    ``\\``, ``..`` or absolute path (a manifest must not send readers elsewhere)."""
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or name.startswith("..") or ":" in name):
-        raise DatasetError(f"{uri}: the manifest names a shard outside the folder ({name!r}); refusing it")
-    return name
-
-
 def verify_shards(storage: Storage, manifest: "DatasetManifest") -> None:
     """Every shard the manifest lists is there and holds the rows it says (Parquet footers
     only); :class:`DatasetError` names the first that is missing or damaged."""
-    for shard in manifest.shards:
-        try:
-            rows = storage.parquet_num_rows(shard.path)
-        except UserError as err:
-            raise DatasetError(f"{storage.uri}: shard {shard.path} is missing or unreadable ({err})") from err
-        if rows != shard.num_rows:
-            raise DatasetError(f"{storage.uri}: shard {shard.path} holds {rows} rows, the manifest says {shard.num_rows}")
+    FOLDER.check_rows(storage, [(shard.path, shard.num_rows) for shard in manifest.shards])
 
 
 def shard_name(index: int) -> str:
@@ -145,16 +128,14 @@ def encode_rows(images_hwc: np.ndarray, ids: Iterable[int], labels: Iterable[int
 
 def write_manifest(storage: Storage, manifest: DatasetManifest) -> None:
     """Write the manifest: call this last, after every shard is in place."""
-    storage.write_json(MANIFEST_NAME, manifest.to_json())
+    FOLDER.write_manifest(storage, asdict(manifest))
 
 
 def read_manifest(storage: Storage) -> DatasetManifest:
     """The manifest of a complete dataset, or :class:`DatasetError` saying what is wrong."""
-    name = existing_name(storage, MANIFEST_NAME)
-    if name is None:
-        hint = "it holds shards but no manifest: it is incomplete" if storage.exists() else "it does not exist"
-        raise DatasetError(f"{storage.uri}: not a prepared dataset ({hint}); prepare it first")
-    return DatasetManifest.from_json(storage.read_json(name), storage.uri)
+    hint = "it holds shards but no manifest: it is incomplete" if storage.exists() else "it does not exist"
+    _, raw = FOLDER.read_manifest(storage, absent=f"{storage.uri}: not a prepared dataset ({hint}); prepare it first")
+    return DatasetManifest.from_json(raw, storage.uri)
 
 
 def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:

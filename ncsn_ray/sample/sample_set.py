@@ -32,6 +32,7 @@ Image convention: PNG, uint8, ``(H, W, C)`` with C = 1 (grey) or 3 (RGB); pixel 
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -42,13 +43,13 @@ import pyarrow as pa
 from ..errors import UserError
 from ..io.figures import decode_png
 from ..io.layout import JOB_SPEC, MANIFEST, existing_name
+from ..io.sharded import ShardedFolder
 from ..io.storage import Storage, StorageError, json_bytes, utc_timestamp
 
 __all__ = [
+    "FolderState",
     "SampleSetError",
     "WorkUnit",
-    "JOB_SPEC_NAME",
-    "MANIFEST_NAME",
     "GENERATE_SCHEMA",
     "INPAINT_SCHEMA",
     "plan_units",
@@ -62,10 +63,6 @@ __all__ = [
     "first_rows",
 ]
 
-FORMAT = "ncsn-samples"
-VERSION = 1
-JOB_SPEC_NAME = JOB_SPEC
-MANIFEST_NAME = MANIFEST
 KINDS = {"generate": "samples", "inpaint": "inpaint"}  # kind -> shard name prefix
 
 GENERATE_SCHEMA = pa.schema([("seed", pa.int64()), ("image", pa.binary())])
@@ -83,6 +80,9 @@ INPAINT_SCHEMA = pa.schema(
 
 class SampleSetError(UserError):
     """A sample set that cannot be written or read as asked; the message names the URI."""
+
+
+FOLDER = ShardedFolder(format="ncsn-samples", version=1, noun="sample-set", error=SampleSetError)
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _json_default(value: Any) -> Any:
 
 def make_job_spec(kind: str, identity: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     """The job spec: ``identity`` decides the output (compared on re-runs), ``info`` does not."""
-    return _normalise({"format": FORMAT, "version": VERSION, "kind": kind, "identity": identity, "info": info})
+    return _normalise({"format": FOLDER.format, "version": FOLDER.version, "kind": kind, "identity": identity, "info": info})
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -151,7 +151,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def _check_same_job(storage: Storage, stored: Any, spec: dict[str, Any], what: str) -> None:
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+    if not isinstance(stored, dict) or stored.get("format") != FOLDER.format:
         raise SampleSetError(f"{storage.uri}: {what} is not an ncsn sample-set file; choose another output folder")
     old = {"kind": stored.get("kind"), **(stored.get("identity") or {})}
     new = {"kind": spec["kind"], **spec["identity"]}
@@ -164,48 +164,56 @@ def _check_same_job(storage: Storage, stored: Any, spec: dict[str, Any], what: s
         )
 
 
-def open_sample_set(storage: Storage, spec: dict[str, Any]) -> str:
-    """Prepare ``storage`` for the job ``spec``; returns ``"complete"``, ``"resume"`` or ``"new"``.
+class FolderState(enum.Enum):
+    """What :func:`open_sample_set` found in an output folder for the job at hand."""
 
-    * a manifest is there: the same job is already complete (``"complete"``), any other job is
+    COMPLETE = "complete"  # the same job finished here: its manifest is published
+    RESUME = "resume"  # the same job started here and did not finish
+    NEW = "new"  # nothing was here; the job spec was just created
+
+
+def open_sample_set(storage: Storage, spec: dict[str, Any]) -> FolderState:
+    """Prepare ``storage`` for the job ``spec`` and say what was there.
+
+    * a manifest is there: the same job is already complete (``COMPLETE``), any other job is
       refused;
-    * a job spec is there: the same job resumes (``"resume"``), any other job is refused;
-    * the folder is empty or absent: the job spec is created, exclusively (``"new"``): of two
+    * a job spec is there: the same job resumes (``RESUME``), any other job is refused;
+    * the folder is empty or absent: the job spec is created, exclusively (``NEW``): of two
       jobs started into the same folder at once exactly one creates it; the other then
       resumes the same job or is refused as a different one;
     * the folder holds other files but no job spec: refused (it is not a sample set).
 
     Raises :class:`SampleSetError` for every refusal; nothing is written then.
     """
-    manifest = existing_name(storage, MANIFEST_NAME)
+    manifest = existing_name(storage, MANIFEST)
     if manifest is not None:
         _check_same_job(storage, storage.read_json(manifest).get("job"), spec, manifest)
-        return "complete"
-    job = existing_name(storage, JOB_SPEC_NAME)
+        return FolderState.COMPLETE
+    job = existing_name(storage, JOB_SPEC)
     if job is not None:
         _check_same_job(storage, storage.read_json(job), spec, job)
-        return "resume"
+        return FolderState.RESUME
     others = [n for n in storage.list() if not n.startswith(".")]
     if others:
         raise SampleSetError(
-            f"{storage.uri} is not empty and holds no {JOB_SPEC_NAME} (found {', '.join(others[:5])}); "
+            f"{storage.uri} is not empty and holds no {JOB_SPEC} (found {', '.join(others[:5])}); "
             "it is not a sample set: choose another output folder"
         )
-    if storage.create_exclusive(JOB_SPEC_NAME, json_bytes(spec)):
-        return "new"
+    if storage.create_exclusive(JOB_SPEC, json_bytes(spec)):
+        return FolderState.NEW
     # Another job created the spec a moment ago: the same job (resume it) or a different one (refused).
-    _check_same_job(storage, storage.read_json(JOB_SPEC_NAME), spec, JOB_SPEC_NAME)
-    return "resume"
+    _check_same_job(storage, storage.read_json(JOB_SPEC), spec, JOB_SPEC)
+    return FolderState.RESUME
 
 
 def recorded_identity(storage: Storage) -> dict[str, Any] | None:
     """The identity of the job a sample-set folder already holds (from its manifest or job
     spec), or None for an empty or absent folder. Used to resume with the recorded defaults."""
-    manifest = existing_name(storage, MANIFEST_NAME)
+    manifest = existing_name(storage, MANIFEST)
     if manifest is not None:
         stored = storage.read_json(manifest).get("job")
     else:
-        job = existing_name(storage, JOB_SPEC_NAME)
+        job = existing_name(storage, JOB_SPEC)
         stored = storage.read_json(job) if job is not None else None
     if isinstance(stored, dict) and isinstance(stored.get("identity"), dict):
         return stored["identity"]
@@ -226,65 +234,39 @@ def write_manifest(
     image_shape: tuple[int, int, int],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Check every planned shard holds its rows, then write ``manifest.json`` (call last).
+    """Check every planned shard holds its rows, then write ``_manifest.json`` (call last).
 
     ``image_shape`` is ``(C, H, W)``. Raises :class:`SampleSetError` (writing nothing) if a
     shard is missing or has the wrong row count.
     """
-    shards = []
-    for unit in units:
-        if not storage.exists(unit.name):
-            raise SampleSetError(f"{storage.uri_of(unit.name)}: shard missing; not writing the manifest")
-        rows = storage.parquet_num_rows(unit.name)
-        if rows != unit.count:
-            raise SampleSetError(
-                f"{storage.uri_of(unit.name)}: {rows} rows, expected {unit.count}; not writing the manifest"
-            )
-        shards.append({"path": unit.name, "num_rows": rows, "first": unit.first, "last": unit.last})
+    FOLDER.check_rows(storage, [(unit.name, unit.count) for unit in units], consequence="; not writing the manifest")
+    shards = [{"path": unit.name, "num_rows": unit.count, "first": unit.first, "last": unit.last} for unit in units]
     c, h, w = image_shape
-    manifest = _normalise(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": spec["kind"],
-            "count": sum(s["num_rows"] for s in shards),
-            "channels": c,
-            "height": h,
-            "width": w,
-            "shards": shards,
-            "job": spec,
-            "completed_at": utc_timestamp(),
-            **(extra or {}),
-        }
-    )
-    storage.write_json(MANIFEST_NAME, manifest)
-    return manifest
+    body = {
+        "kind": spec["kind"],
+        "count": sum(s["num_rows"] for s in shards),
+        "channels": c,
+        "height": h,
+        "width": w,
+        "shards": shards,
+        "job": spec,
+        "completed_at": utc_timestamp(),
+        **(extra or {}),
+    }
+    return FOLDER.write_manifest(storage, _normalise(body))
 
 
 def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> dict[str, Any]:
     """The manifest of a complete sample set, or :class:`SampleSetError` saying what is wrong."""
-    name = existing_name(storage, MANIFEST_NAME)
-    if name is None:
-        if existing_name(storage, JOB_SPEC_NAME) is not None:
-            hint = f"it has a {JOB_SPEC_NAME} but no {MANIFEST_NAME}: the generation job did not finish; re-run it"
-        elif storage.exists():
-            hint = f"no {MANIFEST_NAME} there"
-        else:
-            hint = "it does not exist"
-        raise SampleSetError(f"{storage.uri}: not a complete sample set ({hint})")
-    manifest = storage.read_json(name)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SampleSetError(f"{storage.uri}: {MANIFEST_NAME} is not an ncsn sample-set manifest")
+    if existing_name(storage, JOB_SPEC) is not None:
+        hint = f"it has a {JOB_SPEC} but no {MANIFEST}: the generation job did not finish; re-run it"
+    elif storage.exists():
+        hint = f"no {MANIFEST} there"
+    else:
+        hint = "it does not exist"
+    _, manifest = FOLDER.read_manifest(storage, absent=f"{storage.uri}: not a complete sample set ({hint})")
     if kind is not None and manifest.get("kind") != kind:
         raise SampleSetError(f"{storage.uri}: a {manifest.get('kind')!r} sample set, expected {kind!r}")
-    shards = manifest.get("shards")
-    if not isinstance(shards, list):
-        raise SampleSetError(f"{storage.uri}: {name} lists no shards")
-    for shard in shards:
-        path = shard.get("path") if isinstance(shard, dict) else None
-        if (not isinstance(path, str) or not path or "/" in path or "\\" in path or path.startswith("..")
-                or ":" in path):
-            raise SampleSetError(f"{storage.uri}: the manifest names a shard outside the folder ({path!r}); refusing it")
     return manifest
 
 
