@@ -79,8 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "(NCSNv2)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    parser.add_argument("--fail-after-shards", type=int, help=argparse.SUPPRESS)  # testing: actors fail mid-run
-    parser.add_argument("--exit-once-after-shards", type=int, help=argparse.SUPPRESS)  # testing: an actor dies once
     return parser
 
 
@@ -121,8 +119,7 @@ def options_from(args: argparse.Namespace):
     common = dict(
         checkpoint=args.checkpoint, out=args.out, seed=args.seed, batch_size=args.batch_size,
         shard_size=args.shard_size, steps_per_level=args.steps_per_level, use_ema=args.ema,
-        overrides=args.overrides, endpoint_url=args.s3_endpoint, fail_after_shards=args.fail_after_shards,
-        exit_once_after_shards=args.exit_once_after_shards,
+        overrides=args.overrides, endpoint_url=args.s3_endpoint,
         actors=ActorPlan(args.num_actors, args.min_actors, args.max_actors, args.use_gpu, args.cpus_per_actor),
     )
     if args.mode == "generate":

@@ -55,8 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(lr, batch size, loss, ...) than its checkpoint's; recorded in metrics.jsonl")
     p.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO lines")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    p.add_argument("--inject-failure-at-step", type=int, default=-1, help=argparse.SUPPRESS)
-    p.add_argument("--debug-rank-digests", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -84,7 +82,7 @@ def options_from(args: argparse.Namespace):
         data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,
         placement_strategy=args.placement_strategy, verbose=args.verbose,
         allow_config_change=args.allow_config_change,
-        inject_failure_at_step=args.inject_failure_at_step, rank_digests=args.debug_rank_digests,
+
     )
 
 

@@ -17,14 +17,14 @@ from .noise_sources import GeneratorNoise, PerSampleNoise
 from .sampling import annealed_langevin, initial_samples, langevin
 from .schedules import edm_schedule, ladder_schedule, make_schedule
 from .sigma_score import LadderScore, OffLadderSigmaError, continuous_score
-from .train_step import train_step
+from .train_step import make_optimizer, train_step
 
 __all__ = [
     "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint",
     "Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config",
     "EMA", "annealed_langevin_inpaint", "make_mask",
     "LOSSES", "LossOutput", "dsm_loss", "per_level_means", "ssm_loss",
-    "NCSN", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model", "train_step",
+    "NCSN", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model", "train_step", "make_optimizer",
     "geometric_sigmas", "suggest_sigma_max", "GeneratorNoise", "PerSampleNoise",
     "annealed_langevin", "initial_samples", "langevin",
     "FAST_SAMPLERS", "euler", "heun", "edm_stochastic", "predictor_corrector", "nfe_per_sample",

@@ -13,6 +13,13 @@ Two kinds of expected failure, each a base class:
 bad input too. Anything else that escapes a job is an unexpected failure: exit code 1,
 printed as one line (set ``NCSN_DEBUG=1`` to see the traceback). Ctrl-C exits 130.
 
+The class decides the code only until the job begins its work: each job calls
+:func:`begin_work` once its checks have passed, just before it computes and writes its
+outputs. From then on every failure, whatever its class (a store that goes away raises the
+same :class:`~ncsn_ray.io.storage.StorageError` as a bad location does), exits 1 with
+"re-run the same command to resume", because finished work is kept and a re-run resumes it.
+:func:`run_job` applies the rule for every job, in one place.
+
 Errors raised inside Ray tasks, actors and Train workers reach the driver wrapped
 (``RayTaskError``, ``ActorDiedError``, Train's ``TrainingFailedError``, ...);
 :func:`root_cause` finds the project's own error inside, so the same message and exit code
@@ -38,6 +45,7 @@ __all__ = [
     "root_cause",
     "exit_code",
     "run_job",
+    "begin_work",
 ]
 
 EXIT_OK = 0
@@ -133,6 +141,16 @@ def exit_code(err: BaseException) -> int:
     return EXIT_FAILED
 
 
+_work_begun = False  # set by begin_work(), reset by run_job()
+
+
+def begin_work() -> None:
+    """Mark that the running job has passed its checks and begins its work (see the module
+    docstring): from here on, a failure exits 1 and says that re-running resumes."""
+    global _work_begun
+    _work_begun = True
+
+
 def _one_line(err: BaseException) -> str:
     """``err``'s message without the retry advice Ray Data appends on new lines to an
     exception raised in a task ("Failed to ... after 1/1 attempts ...")."""
@@ -148,6 +166,8 @@ def run_job(job: str, body: Callable[[], Any], *, json_summary: bool = False) ->
     it is printed as the last line. Errors are printed to stderr as ``error: <message>``
     with no traceback (``NCSN_DEBUG=1`` adds it); see the module docstring for the codes.
     """
+    global _work_begun
+    _work_begun = False
     try:
         summary = body()
     except KeyboardInterrupt:
@@ -155,11 +175,13 @@ def run_job(job: str, body: Callable[[], Any], *, json_summary: bool = False) ->
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - every failure becomes one line and an exit code
         cause = root_cause(err)
-        code = exit_code(err)
+        code = EXIT_FAILED if _work_begun else exit_code(err)
         if os.environ.get("NCSN_DEBUG"):
             traceback.print_exception(err)
         if isinstance(cause, (NcsnError, *_core_input_errors())):
             message = _one_line(cause)
+            if _work_begun and "re-run" not in message:
+                message += f" (the {job} job had begun; finished work is kept, re-run the same command to resume)"
         else:
             message = (
                 f"the {job} job failed ({type(cause).__name__}: {_one_line(cause).splitlines()[-1]}). "

@@ -31,6 +31,7 @@ from ncsn_ray.sample.pipeline import ActorPlan
 from ncsn_ray.sample.sampler import Sampler, SamplerSettings, image_mask, override_sampling
 from ncsn_ray.sample.sample_set import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
 from ncsn_ray.io.storage import Storage
+from ncsn_ray.testing import faults
 from support.data import digits_uint8, make_tiny_run, write_dataset
 from support.jobs import load_job
 
@@ -213,13 +214,15 @@ def test_default_shard_size_gives_each_planned_actor_several_whole_batches():
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_interrupted_job_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path, capsys):
+def test_interrupted_job_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "interrupted"
     options = dict(n=10, checkpoint=str(tiny_run), out=str(out), shard_size=3, batch_size=2, actors=ActorPlan(num_actors=1))
     # The CLI (in-process, on the module's Ray): an actor raises after its first shard.
     args = ["--checkpoint", str(tiny_run), "--n", "10", "--out", str(out), "--shard-size", "3", "--batch-size", "2",
             "--num-actors", "1"]
-    assert load_cli().main([*args, "--fail-after-shards", "1"]) == 1
+    monkeypatch.setenv(faults.ENV, "sample.fail_after_shards=1")
+    assert load_cli().main(args) == 1
+    monkeypatch.delenv(faults.ENV)
     err = capsys.readouterr().err
     assert "injected failure" in err and "re-run the same command to resume" in err
     assert not (out / "_manifest.json").exists() and not list(out.glob(".*tmp*"))
@@ -439,11 +442,12 @@ def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path)
 
 @pytest.mark.ray
 @pytest.mark.timeout(240)
-def test_an_actor_process_that_dies_is_replaced_and_the_bytes_are_unchanged(ray_local, tiny_run, tmp_path):
+def test_an_actor_process_that_dies_is_replaced_and_the_bytes_are_unchanged(ray_local, tiny_run, tmp_path, monkeypatch):
     settings = dict(n=12, checkpoint=str(tiny_run), shard_size=4, batch_size=4, actors=ActorPlan(num_actors=1))
     undisturbed, killed = tmp_path / "undisturbed", tmp_path / "killed"
     generate.run(GenerateOptions(out=str(undisturbed), **settings), log=quiet)
-    summary = generate.run(GenerateOptions(out=str(killed), exit_once_after_shards=1, **settings), log=quiet)
+    monkeypatch.setenv(faults.ENV, "sample.exit_once_after_shards=1")
+    summary = generate.run(GenerateOptions(out=str(killed), **settings), log=quiet)
     assert (killed / ".injected-exit-done").exists(), "the actor process was not killed"
     assert summary["status"] == "complete"
     assert seeds_and_pngs(Storage.from_uri(str(killed))) == seeds_and_pngs(Storage.from_uri(str(undisturbed)))
@@ -472,14 +476,17 @@ def test_a_zero_shard_size_is_refused(tiny_run, tmp_path, capsys):
 
 @pytest.mark.ray
 @pytest.mark.timeout(240)
-def test_an_interrupted_inpainting_run_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path):
+def test_an_interrupted_inpainting_run_resumes_without_touching_finished_shards(ray_local, tiny_run, tmp_path,
+                                                                                monkeypatch):
     data = tmp_path / "data"
     write_dataset(Storage.from_uri(str(data)), digits_uint8(6), shard_size=3)
     out = tmp_path / "inpaint"
     options = dict(data=str(data), checkpoint=str(tiny_run), out=str(out), mask="center", samples_per_image=2,
                    shard_size=2, batch_size=4, actors=ActorPlan(num_actors=1))
+    monkeypatch.setenv(faults.ENV, "sample.fail_after_shards=1")
     with pytest.raises(Exception, match="injected failure"):
-        inpaint.run(InpaintOptions(fail_after_shards=1, **options), log=quiet)
+        inpaint.run(InpaintOptions(**options), log=quiet)
+    monkeypatch.delenv(faults.ENV)
     finished = sorted(p.name for p in out.glob("inpaint-*.parquet"))
     assert finished == ["inpaint-000000-000001.parquet"] and not (out / "_manifest.json").exists()
     before = {name: (out / name).stat().st_mtime_ns for name in finished}

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ncsn_core import load_checkpoint
+from ncsn_ray.testing import faults
 from ncsn_ray.train.checkpoints import RAY_TRAIN_SNAPSHOT
 from support.data import make_tiny_run
 from support.jobs import load_job
@@ -36,7 +37,7 @@ def _node_of(node_hex: str, cluster):
 
 
 @pytest.mark.timeout(900)
-def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digits_local, tmp_path):
+def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digits_local, tmp_path, monkeypatch):
     """A training node goes away mid-run (``Cluster.remove_node`` on the node the worker runs
     on): Ray Train replaces the worker on another node, which resumes from the last
     checkpoint, and the run finishes with its step counter intact."""
@@ -52,9 +53,10 @@ def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digit
         ray.init(address=cluster.address)
         config = write_tiny_config(tmp_path, training={"log_every": 2})
         storage = tmp_path / "runs"
+        monkeypatch.setenv(faults.ENV, "train.rank_digests")
         outcome: dict = {}
         args = ["--config", str(config), "--data", str(digits_local), "--storage", str(storage), "--steps", "24",
-                "--checkpoint-every", "4", "--max-failures", "2", "--no-preview", "--debug-rank-digests",
+                "--checkpoint-every", "4", "--max-failures", "2", "--no-preview",
                 "--cpus-per-worker", "1", "--set", "training.keep_checkpoints=20"]
         thread = threading.Thread(target=lambda: outcome.setdefault("code", load_job("train").main(args)))
         thread.start()

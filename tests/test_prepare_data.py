@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ncsn_ray.data.format import MANIFEST_NAME, DatasetManifest, decode_images, iter_tables, read_manifest
-from ncsn_ray.data.prepare import DEFAULT_SHARD_SIZE, RECORD_NAME, PrepareError, ensure_prepared, prepare_dataset
+from ncsn_ray.data.format import MANIFEST, DatasetManifest, decode_images, iter_tables, read_manifest
+from ncsn_ray.data.prepare import DEFAULT_SHARD_SIZE, PREPARE_RECORD, PrepareError, ensure_prepared, prepare_dataset
 from ncsn_ray.data.sources import CELEBA_CROP, CELEBA_SIZE, SourceError, SourceUsageError, load_image
 from ncsn_ray.io.storage import Storage, StorageError
 
@@ -76,7 +76,7 @@ def test_digits_local_contents_and_rerun_does_nothing(tmp_path, digits):
     out = tmp_path / "digits"
     manifest = prepare_dataset("digits", str(out), shard_size=500, log=quiet)
     assert manifest.num_rows == 1797 and len(manifest.shards) == 4
-    assert sorted(os.listdir(out)) == sorted([MANIFEST_NAME, RECORD_NAME] + [f"shard-0000{k}.parquet" for k in range(4)])
+    assert sorted(os.listdir(out)) == sorted([MANIFEST, PREPARE_RECORD] + [f"shard-0000{k}.parquet" for k in range(4)])
     check_digits(Storage.from_uri(str(out)), digits, 500)
 
     before = local_mtimes(out)
@@ -108,14 +108,14 @@ def test_digits_into_s3_and_rerun_rewrites_nothing(s3_bucket, digits):
         return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed}
 
     before = objects()
-    assert set(before) == {f"data/digits/{n}" for n in (MANIFEST_NAME, RECORD_NAME, "shard-00000.parquet", "shard-00001.parquet")}
+    assert set(before) == {f"data/digits/{n}" for n in (MANIFEST, PREPARE_RECORD, "shard-00000.parquet", "shard-00001.parquet")}
     lines: list[str] = []
     prepare_dataset("digits", uri, endpoint_url=endpoint, log=lines.append)
     assert any("nothing to do" in line for line in lines)
     assert objects() == before
 
     # Without its manifest the dataset is incomplete: the shards are checked in place and kept.
-    client.delete_object(Bucket=bucket, Key=f"data/digits/{MANIFEST_NAME}")
+    client.delete_object(Bucket=bucket, Key=f"data/digits/{MANIFEST}")
     events: list[tuple[int, bool]] = []
     prepare_dataset("digits", uri, endpoint_url=endpoint, log=quiet, on_shard=lambda k, i, w: events.append((k, w)))
     assert events == [(0, False), (1, False)]
@@ -139,7 +139,7 @@ def test_interrupted_run_is_completed_with_identical_content(tmp_path, digits):
 
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset("digits", str(out), shard_size=400, log=quiet, on_shard=fail_after_two)
-    assert not (out / MANIFEST_NAME).exists()
+    assert not (out / MANIFEST).exists()
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.parquet", "shard-00001.parquet"]
     with pytest.raises(Exception, match="not a prepared dataset"):
         read_manifest(Storage.from_uri(str(out)))
@@ -154,7 +154,7 @@ def test_interrupted_run_is_completed_with_identical_content(tmp_path, digits):
     assert table.equals(expected)
 
     # Damage it: manifest gone, one shard gone, one shard garbage -> only those two rewritten.
-    (out / MANIFEST_NAME).unlink()
+    (out / MANIFEST).unlink()
     (out / "shard-00003.parquet").unlink()
     (out / "shard-00001.parquet").write_bytes(b"not parquet at all")
     events.clear()
@@ -165,7 +165,7 @@ def test_interrupted_run_is_completed_with_identical_content(tmp_path, digits):
     check_digits(Storage.from_uri(str(out)), digits, 400)
 
     # A smaller shard count removes the shards left over from the larger one.
-    (out / MANIFEST_NAME).unlink()
+    (out / MANIFEST).unlink()
     manifest = prepare_dataset("digits", str(out), shard_size=1000, log=quiet)
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.parquet", "shard-00001.parquet"]
     assert len(manifest.shards) == 2
@@ -197,7 +197,7 @@ def test_output_holding_something_else_is_refused(tmp_path):
     # A manifest that is not ours.
     other = tmp_path / "other"
     other.mkdir()
-    (other / MANIFEST_NAME).write_text('{"hello": "world"}')
+    (other / MANIFEST).write_text('{"hello": "world"}')
     with pytest.raises(PrepareError, match="not a readable ncsn dataset manifest"):
         prepare_dataset("digits", str(other), log=quiet)
 
@@ -306,7 +306,7 @@ def test_imagefolder_errors(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SourceError, match=f"{bad}: cannot read image"):
         prepare_dataset("imagefolder", str(out), root=str(folder), image_size=4, log=quiet)
-    assert not (out / MANIFEST_NAME).exists()
+    assert not (out / MANIFEST).exists()
 
     with pytest.raises(SourceUsageError, match="--image-size"):
         prepare_dataset("imagefolder", str(out), root=str(folder), log=quiet)

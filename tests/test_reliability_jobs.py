@@ -1,14 +1,15 @@
 """The object store goes away in the middle of a job (a real S3 API on loopback, stopped and
 started again on the same port; its contents survive, as a real store's would).
 
-Generation fails part-way (exit code 1, finished shards kept, no manifest); re-running the
-same command completes it with bytes identical to a run the outage never touched. Training
-fails part-way; re-running resumes from the last complete checkpoint with its step counter.
+Every job run through its command line ends the same way: exit code 1, "re-run the same
+command to resume", no traceback, nothing published; re-running completes it. Generation's
+re-run gives bytes identical to a run the outage never touched; training's resumes from
+the last complete checkpoint with its step counter; dataset preparation keeps the shards
+already written; evaluation keeps the cached reference features.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -20,13 +21,13 @@ import pytest
 from ncsn_core import load_checkpoint
 from ncsn_ray.sample import generate
 from ncsn_ray.train.checkpoints import list_checkpoints
-from ncsn_ray.errors import EXIT_FAILED, exit_code
+from ncsn_ray.errors import EXIT_FAILED
 from ncsn_ray.sample.generate import GenerateOptions
-from ncsn_ray.data.prepare import prepare_dataset
+from ncsn_ray.data.format import read_manifest
 from ncsn_ray.sample.pipeline import ActorPlan
 from ncsn_ray.sample.sample_set import read_sample_manifest
 from ncsn_ray.io.storage import Storage
-from support.data import make_tiny_run
+from support.data import digits_uint8, make_tiny_run, write_dataset, write_sample_set
 from support.jobs import load_job
 from support.s3 import list_keys, read_objects
 from support.train_helpers import write_tiny_config
@@ -97,8 +98,15 @@ def run_in_thread(body):
     return thread, outcome
 
 
+def _assert_failed_part_way(outcome: dict, capfd) -> None:
+    """The job's command line returned 1 and said that re-running resumes, with no traceback."""
+    err = capfd.readouterr().err
+    assert outcome.get("value") == EXIT_FAILED, (outcome, err)
+    assert "re-run the same command to resume" in err and "Traceback" not in err, err
+
+
 @pytest.mark.timeout(600)
-def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
+def test_generation_survives_the_store_going_away(ray_local, store, tmp_path, capfd):
     bucket = f"outage-{uuid.uuid4().hex[:8]}"
     _client(store.endpoint).create_bucket(Bucket=bucket)
     run = tmp_path / "run"
@@ -107,15 +115,14 @@ def test_generation_survives_the_store_going_away(ray_local, store, tmp_path):
                     actors=ActorPlan(num_actors=1), endpoint_url=store.endpoint)
     generate.run(GenerateOptions(out=f"s3://{bucket}/undisturbed", **settings), log=lambda m: None)
 
-    thread, outcome = run_in_thread(lambda: generate.run(GenerateOptions(out=f"s3://{bucket}/outage", **settings),
-                                                         log=lambda m: None))
+    cli = ["--checkpoint", str(run), "--n", "10", "--shard-size", "2", "--batch-size", "2", "--steps-per-level", "40",
+           "--num-actors", "1", "--s3-endpoint", store.endpoint, "--out", f"s3://{bucket}/outage"]
+    thread, outcome = run_in_thread(lambda: load_job("generate").main(cli))
     wait_for(lambda: any(k.endswith(".parquet") for k in keys(store.endpoint, bucket, "outage/")))
     store.stop()
     thread.join(timeout=400)
     store.start()
-    assert "error" in outcome, "the job should fail while the store is away"
-    assert exit_code(outcome["error"]) == EXIT_FAILED
-    assert "re-run the same command to resume" in str(outcome["error"])
+    _assert_failed_part_way(outcome, capfd)
     partial = objects(store.endpoint, bucket, "outage/")
     assert "_manifest.json" not in partial and any(k.endswith(".parquet") for k in partial)
 
@@ -151,3 +158,50 @@ def test_training_resumes_from_the_last_complete_checkpoint_after_the_store_went
     assert train.main([*args, "--steps", str(last + 4)]) == 0
     final = load_checkpoint(run.read_bytes(f"checkpoint_{last + 4:08d}/checkpoint.pt"))
     assert final.step == last + 4 and int(final.optimizer_state["state"][0]["step"]) == last + 4
+
+
+@pytest.mark.timeout(300)
+def test_preparing_a_dataset_resumes_after_the_store_went_away(store, capfd):
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    _client(store.endpoint).create_bucket(Bucket=bucket)
+    args = ["--dataset", "digits", "--out", f"s3://{bucket}/digits", "--shard-size", "5", "--s3-endpoint", store.endpoint]
+    prepare = load_job("prepare_data")
+    thread, outcome = run_in_thread(lambda: prepare.main(args))
+    wait_for(lambda: "shard-00004.parquet" in keys(store.endpoint, bucket, "digits/"))
+    store.stop()
+    thread.join(timeout=200)
+    store.start()
+    _assert_failed_part_way(outcome, capfd)
+    written = {k for k in keys(store.endpoint, bucket, "digits/") if k.endswith(".parquet")}
+    assert "_manifest.json" not in keys(store.endpoint, bucket, "digits/") and len(written) < 360
+
+    assert prepare.main(args) == 0
+    out = capfd.readouterr().out
+    assert f"{len(written)} kept)" in out, out  # the shards written before the outage are not rewritten
+    manifest = read_manifest(Storage.from_uri(f"s3://{bucket}/digits", endpoint_url=store.endpoint))
+    assert manifest.num_rows == 1797 and len(manifest.shards) == 360
+
+
+@pytest.mark.timeout(300)
+def test_evaluation_fails_part_way_and_resumes_after_the_store_went_away(store, inception_weights_file, capfd):
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    _client(store.endpoint).create_bucket(Bucket=bucket)
+    reference = Storage.from_uri(f"s3://{bucket}/reference", endpoint_url=store.endpoint)
+    samples = Storage.from_uri(f"s3://{bucket}/samples", endpoint_url=store.endpoint)
+    write_dataset(reference, digits_uint8(48))
+    write_sample_set(samples, digits_uint8(96)[48:])
+    args = ["--samples", samples.uri, "--reference", reference.uri, "--metrics", "fid", "--no-ray",
+            "--inception-weights", str(inception_weights_file), "--s3-endpoint", store.endpoint, "--batch-size", "8"]
+    evaluate = load_job("evaluate")
+    thread, outcome = run_in_thread(lambda: evaluate.main(args))
+    # The reference features are cached (written beside the reference) before the samples'
+    # features are computed: the store goes away between the two.
+    wait_for(lambda: any("fidelity-cache" in k for k in keys(store.endpoint, bucket, "reference/")))
+    store.stop()
+    thread.join(timeout=200)
+    store.start()
+    _assert_failed_part_way(outcome, capfd)
+    assert "_scores.json" not in keys(store.endpoint, bucket, "samples/")
+
+    assert evaluate.main(args) == 0
+    assert "_scores.json" in keys(store.endpoint, bucket, "samples/")

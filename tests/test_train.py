@@ -19,6 +19,7 @@ from ncsn_core import load_checkpoint
 from ncsn_ray.train.checkpoints import list_checkpoints
 from ncsn_ray.data.prepare import prepare_dataset
 from ncsn_ray.io.storage import Storage
+from ncsn_ray.testing import faults
 from support.jobs import load_job
 from support.train_helpers import REPO, metrics, training_state_digests, write_tiny_config
 
@@ -72,7 +73,8 @@ def straight_run(ray_local, digits_local, tmp_path_factory):
 
 
 @pytest.mark.timeout(400)
-def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(straight_run, digits_local, tmp_path):
+def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(straight_run, digits_local, tmp_path,
+                                                                                 monkeypatch):
     config = write_tiny_config(tmp_path)
     common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
               "--checkpoint-every", "4", "--no-preview"]
@@ -83,8 +85,8 @@ def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(s
     # it resumes from step 4 (the step is printed so that a failure can be replayed).
     kill_at = random.Random(os.environ.get("PYTEST_SEED", "29")).randint(5, 8)
     print(f"killing the worker after step {kill_at}")
-    assert train_main([*common, "--name", "killed", "--steps", "8", "--max-failures", "2",
-                       "--inject-failure-at-step", str(kill_at)]) == 0
+    monkeypatch.setenv(faults.ENV, f"train.kill_worker_at_step={kill_at}")
+    assert train_main([*common, "--name", "killed", "--steps", "8", "--max-failures", "2"]) == 0
     killed = tmp_path / "runs" / "killed"
     assert (killed / ".injected-failure-done").exists(), "the failure was not injected"
     assert [m["step"] for m in metrics(killed)] == [1, 2, 3, 4, 5, 6, 7, 8]
@@ -98,12 +100,13 @@ def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(s
 
 
 @pytest.mark.timeout(400)
-def test_resuming_with_two_workers_trains_on_the_same_global_batches(straight_run, digits_local, tmp_path):
+def test_resuming_with_two_workers_trains_on_the_same_global_batches(straight_run, digits_local, tmp_path, monkeypatch):
     config = write_tiny_config(tmp_path)
     common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
               "--checkpoint-every", "4", "--no-preview", "--max-failures", "0"]
     assert train_main([*common, "--steps", "4"]) == 0
-    assert train_main([*common, "--steps", "8", "--num-workers", "2", "--debug-rank-digests"]) == 0
+    monkeypatch.setenv(faults.ENV, "train.rank_digests")
+    assert train_main([*common, "--steps", "8", "--num-workers", "2"]) == 0
     run = tmp_path / "runs" / "tiny"
     ranks = [json.loads((run / "rank_digests" / f"step_00000008_rank_{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["ema_digest"] == ranks[1]["ema_digest"]

@@ -14,6 +14,7 @@ import json
 import pytest
 
 from ncsn_core import load_checkpoint
+from ncsn_ray.testing import faults
 from support.jobs import load_job
 from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
 from support.train_helpers import REPO, metrics, write_tiny_config
@@ -24,11 +25,12 @@ pytestmark = [pytest.mark.ray]
 
 
 @pytest.mark.timeout(600)
-def test_ddp_on_two_nodes_keeps_ranks_identical_and_lowers_the_loss(digits_local, tmp_path):
+def test_ddp_on_two_nodes_keeps_ranks_identical_and_lowers_the_loss(digits_local, tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     train_main = load_job("train").main
+    monkeypatch.setenv(faults.ENV, "train.rank_digests")
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100_000_000})
     try:
@@ -39,8 +41,7 @@ def test_ddp_on_two_nodes_keeps_ranks_identical_and_lowers_the_loss(digits_local
         storage = tmp_path / "runs"
         code = train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(storage),
                            "--num-workers", "2", "--placement-strategy", "SPREAD", "--cpus-per-worker", "1",
-                           "--steps", "40", "--checkpoint-every", "20", "--max-failures", "0", "--no-preview",
-                           "--debug-rank-digests"])
+                           "--steps", "40", "--checkpoint-every", "20", "--max-failures", "0", "--no-preview"])
         assert code == 0
     finally:
         ray.shutdown()

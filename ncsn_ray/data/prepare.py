@@ -1,7 +1,7 @@
 """Prepare a dataset: a source (:mod:`ncsn_ray.data.sources`) -> Parquet shards + manifest in storage.
 
 Layout and row format are :mod:`ncsn_ray.data.format`'s: ``shard-00000.parquet ...`` holding
-``id int64, image binary (PNG), label int64|null``, and ``manifest.json`` written last.
+``id int64, image binary (PNG), label int64|null``, and ``_manifest.json`` written last.
 Shard ``k`` holds ids ``k * shard_size .. min((k + 1) * shard_size, N) - 1``; row ``k`` of the
 source gets id ``k``, so a re-run produces identical shards.
 
@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .format import (
-    MANIFEST_NAME,
+    MANIFEST,
     MAX_DISTANCE_ROWS,
     SCHEMA,
     DatasetError,
@@ -50,13 +50,14 @@ from .format import (
     shard_name,
     write_manifest,
 )
+from ..console import Log
+from ..errors import begin_work
 from ..io.layout import PREPARE_RECORD, existing_name
 from .sources import SourceSpec, SourceUsageError, describe, open_source, static_spec
 from ..io.storage import Storage, StorageError
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
-    "RECORD_NAME",
     "PrepareError",
     "PrepareOptions",
     "run",
@@ -65,11 +66,9 @@ __all__ = [
 ]
 
 DEFAULT_SHARD_SIZE = 10_000
-RECORD_NAME = PREPARE_RECORD
 RECORD_FORMAT = "ncsn-dataset-prepare"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.parquet$")
 
-Log = Callable[[str], None]
 ShardHook = Callable[[int, ShardInfo, bool], None]
 
 
@@ -185,8 +184,9 @@ def prepare_dataset(
 
     num_rows = int(spec.num_rows or 0)
     num_shards = math.ceil(num_rows / shard_size)
+    begin_work()
     storage.write_json(
-        RECORD_NAME,
+        PREPARE_RECORD,
         {
             "format": RECORD_FORMAT,
             "name": spec.name,
@@ -245,7 +245,7 @@ def prepare_dataset(
     elapsed = time.perf_counter() - t0
     log(
         f"done: {spec.name}, {num_rows} rows in {num_shards} shard(s) "
-        f"({num_shards - kept} written, {kept} kept) in {elapsed:.1f} s -> {shown}/{MANIFEST_NAME}"
+        f"({num_shards - kept} written, {kept} kept) in {elapsed:.1f} s -> {shown}/{MANIFEST}"
     )
     return manifest
 
@@ -281,7 +281,7 @@ def ensure_prepared(
     files once the data is prepared); otherwise :func:`prepare_dataset` with the same arguments."""
     expected = static_spec(dataset, image_size=image_size, channels=channels)
     storage = Storage.from_uri(out_uri, endpoint_url=endpoint_url)
-    if existing_name(storage, MANIFEST_NAME) is not None:
+    if existing_name(storage, MANIFEST) is not None:
         manifest = _load_manifest(storage, _display(storage.uri))
         if (manifest.name, manifest.height, manifest.width, manifest.channels) == (expected.name, *expected.shape):
             log(f"{_display(storage.uri)}: prepared {manifest.name} dataset found ({_summary(manifest)})")
@@ -323,7 +323,7 @@ def _load_manifest(storage: Storage, shown: str) -> DatasetManifest:
         return read_manifest(storage)
     except (DatasetError, StorageError) as err:
         raise PrepareError(
-            f"{shown} holds a {MANIFEST_NAME} that is not a readable ncsn dataset manifest ({err}); "
+            f"{shown} holds a {MANIFEST} that is not a readable ncsn dataset manifest ({err}); "
             "choose another --out"
         ) from None
 
@@ -331,7 +331,7 @@ def _load_manifest(storage: Storage, shown: str) -> DatasetManifest:
 def _complete_manifest(storage: Storage, spec: SourceSpec, shown: str) -> DatasetManifest | None:
     """The manifest if the output already holds this dataset complete; None if no manifest;
     :class:`PrepareError` if it holds another dataset or its shards are gone."""
-    if existing_name(storage, MANIFEST_NAME) is None:
+    if existing_name(storage, MANIFEST) is None:
         return None
     manifest = _load_manifest(storage, shown)
     have = (manifest.name, manifest.height, manifest.width, manifest.channels)
@@ -354,8 +354,8 @@ def _complete_manifest(storage: Storage, spec: SourceSpec, shown: str) -> Datase
     missing = [s.path for s in manifest.shards if s.path not in present]
     if missing:
         raise PrepareError(
-            f"{shown}: {MANIFEST_NAME} is present but {len(missing)} shard(s) are missing (e.g. {missing[0]}); "
-            f"delete {MANIFEST_NAME} and re-run to rewrite them"
+            f"{shown}: {MANIFEST} is present but {len(missing)} shard(s) are missing (e.g. {missing[0]}); "
+            f"delete {MANIFEST} and re-run to rewrite them"
         )
     return manifest
 
@@ -399,10 +399,10 @@ def _ids_match(ids: np.ndarray, first: int, stop: int) -> bool:
 
 def _read_record(storage: Storage) -> dict[str, Any] | None:
     """The preparation record of an earlier run, or None (absent or unreadable)."""
-    if not storage.exists(RECORD_NAME):
+    if not storage.exists(PREPARE_RECORD):
         return None
     try:
-        record = storage.read_json(RECORD_NAME)
+        record = storage.read_json(PREPARE_RECORD)
     except StorageError:
         return None
     return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None

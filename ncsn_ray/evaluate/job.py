@@ -15,25 +15,24 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import digits as digits_quality
+from ..console import Log
 from ..data.format import DatasetManifest, read_manifest, verify_shards
-from ..errors import UserError, root_cause
+from ..errors import UserError, begin_work, root_cause
 from .fidelity import INCEPTION_METRICS, FidelityError, inception_scores, resolve_inception_weights
 from ..io.layout import SCORES
 from ..sample.sample_set import iter_sample_images, read_sample_manifest
 from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 
 __all__ = ["EvaluationError", "EvaluateOptions", "EvalInputs", "METRICS", "check_inputs", "evaluate",
-           "evaluate_on_ray", "run", "SCORES_NAME"]
+           "evaluate_on_ray", "run", "SCORES"]
 
 METRICS = (*INCEPTION_METRICS, "digits")
-SCORES_NAME = SCORES
-Log = Callable[[str], None]
 
 
 class EvaluationError(UserError):
@@ -139,6 +138,7 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise FidelityError("device cuda: no CUDA device here")
+    begin_work()
     started = time.perf_counter()
     images = np.concatenate([batch for _, batch in iter_sample_images(inputs.samples, inputs.sample_manifest)])
     result: dict[str, Any] = {"metrics": {}, "samples": inputs.samples.uri, "num_samples": inputs.n_samples,
@@ -158,9 +158,9 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
         result["digits"] = details
     seconds = time.perf_counter() - started
     result.update(seconds=round(seconds, 2), evaluated_at=utc_timestamp())
-    inputs.samples.write_json(SCORES_NAME, result)
+    inputs.samples.write_json(SCORES, result)
     pretty = ", ".join(f"{k} {v:.6g}" for k, v in result["metrics"].items())
-    log(f"[evaluate] {pretty} ({seconds:.1f} s) -> {inputs.samples.uri_of(SCORES_NAME)}")
+    log(f"[evaluate] {pretty} ({seconds:.1f} s) -> {inputs.samples.uri_of(SCORES)}")
     return result
 
 
@@ -197,6 +197,7 @@ def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, num_c
     if local and inputs.inception:
         with tempfile.TemporaryDirectory(prefix="ncsn-fidelity-") as tmp:
             resolve_inception_weights(kwargs.get("inception_weights"), endpoint_url=endpoint, workdir=Path(tmp), log=log)
+    begin_work()
     started_ray = init_ray(log=log)
     try:
         task = ray.remote(_evaluate_task).options(num_cpus=num_cpus, num_gpus=1 if use_gpu else 0, max_retries=0)

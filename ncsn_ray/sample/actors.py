@@ -23,6 +23,7 @@ from ..errors import JobFailed, NcsnError, UserError
 from ..io.figures import decode_png, image_grid, png_bytes, to_uint8
 from ..io.layout import STRIP
 from ..cluster import fake_gpus
+from ..testing import faults
 from .sampler import Sampler, SamplerSettings, image_mask, inpaint_seed
 from .sample_set import GENERATE_SCHEMA, INPAINT_SCHEMA
 from ..io.storage import Storage
@@ -30,7 +31,6 @@ from ..io.storage import Storage
 __all__ = ["GenerateShards", "InpaintShards", "OCCLUDED_FILL"]
 
 OCCLUDED_FILL = 0.5  # unknown pixels are shown mid-grey in the occluded images
-EXIT_MARKER = ".injected-exit-done"  # tests only: the actor process was killed once
 
 
 def _device(use_gpu: bool) -> torch.device:
@@ -48,12 +48,11 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 class _ShardActor:
-    """Shared set-up: the pinned checkpoint as a :class:`Sampler`, the output folder, the
-    progress board, and (tests only) a failure injected after some shards."""
+    """Shared set-up: the pinned checkpoint as a :class:`Sampler`, the output folder and the
+    progress board."""
 
     def __init__(self, *, checkpoint: dict[str, Any], settings: dict[str, Any], batch_size: int, out_uri: str,
-                 endpoint_url: str | None, use_gpu: bool, threads: int, board: Any = None,
-                 fail_after_shards: int | None = None, exit_once_after_shards: int | None = None):
+                 endpoint_url: str | None, use_gpu: bool, threads: int, board: Any = None):
         if not use_gpu:
             torch.set_num_threads(max(1, threads))
         pinned = PinnedCheckpoint(**checkpoint)
@@ -63,8 +62,6 @@ class _ShardActor:
         self.out = Storage.from_uri(out_uri, endpoint_url=endpoint_url)
         self.endpoint_url = endpoint_url
         self.board = board
-        self.fail_after_shards = fail_after_shards
-        self.exit_once_after_shards = exit_once_after_shards
         self.shards_written = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,12 +98,7 @@ class _ShardActor:
         if self.board is not None:
             self.board.finish.remote(name)
         self.shards_written += 1
-        if self.fail_after_shards is not None and self.shards_written >= self.fail_after_shards:
-            raise RuntimeError(f"injected failure after {self.shards_written} shard(s) (testing)")
-        if (self.exit_once_after_shards is not None and self.shards_written >= self.exit_once_after_shards
-                and not self.out.exists(EXIT_MARKER)):
-            self.out.write_bytes(EXIT_MARKER, b"1")  # once per job: the restarted actor carries on
-            os._exit(1)
+        faults.after_shard(self.shards_written, self.out)
         return {
             "name": np.array([name]),
             "count": np.array([count], dtype=np.int64),

@@ -20,18 +20,18 @@ import torch
 from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import resolve_auto
 
+from ..console import Log
 from ..train.checkpoints import PinnedCheckpoint, pin_checkpoint
-from ..errors import JobFailed, UserError
+from ..errors import UserError, begin_work
 from ..io.layout import default_run_uri
 from .pipeline import ActorPlan, Progress, run_pipeline
 from .sampler import SamplerSettings, override_sampling
-from .sample_set import WorkUnit, finished_units, make_job_spec, open_sample_set, write_manifest
-from ..io.storage import Storage, StorageError, endpoint_from_env, utc_timestamp
+from .sample_set import FolderState, WorkUnit, finished_units, make_job_spec, open_sample_set, write_manifest
+from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 
 __all__ = ["SamplingOptions", "SamplingSetup", "SampleJob", "resolve_sampling", "execute", "LOG_PREFIX"]
 
 LOG_PREFIX = "[generate]"
-Log = Callable[[str], None]
 
 
 @dataclass(kw_only=True)
@@ -56,8 +56,6 @@ class SamplingOptions:
     overrides: list[str] = field(default_factory=list)
     actors: ActorPlan = field(default_factory=ActorPlan)
     endpoint_url: str | None = None
-    fail_after_shards: int | None = None
-    exit_once_after_shards: int | None = None  # tests: an actor process exits once after this many shards
 
 
 @dataclass
@@ -165,8 +163,6 @@ def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -
         "endpoint_url": setup.endpoint_url,
         "use_gpu": options.actors.use_gpu,
         "threads": options.actors.threads_per_actor,
-        "fail_after_shards": options.fail_after_shards,
-        "exit_once_after_shards": options.exit_once_after_shards,
     }
 
 
@@ -183,26 +179,24 @@ def execute(job: SampleJob, setup: SamplingSetup, plan: ActorPlan, *, log: Log =
     spec = make_job_spec(job.kind, job.identity, job.info)
     state = open_sample_set(job.out, spec)
     summary = {"out": job.out.uri, "checkpoint": setup.pinned.uri, "step": setup.pinned.step, job.unit_label: job.total}
-    if state == "complete":
+    if state is FolderState.COMPLETE:
         log(f"{LOG_PREFIX} {job.out.uri} already holds this complete set ({job.total} {job.unit_label}): nothing to do")
         return {**summary, "status": "already complete", "computed": 0}
     done = finished_units(job.out, job.units)
     pending = [u for u in job.units if u.name not in done]
-    resuming = f"; resuming: {len(done)}/{len(job.units)} shards already done" if state == "resume" else ""
+    resuming = f"; resuming: {len(done)}/{len(job.units)} shards already done" if state is FolderState.RESUME else ""
     log(f"{LOG_PREFIX} {job.start_line}{resuming}")
     started = time.perf_counter()
     stats: dict[str, Any] = {}
-    try:
-        if pending:
-            progress = Progress(job.total, sum(u.count for u in job.units if u.name in done), job.unit_label, log,
-                                LOG_PREFIX)
-            run_pipeline(job.actor_cls, job.actor_kwargs, pending, plan, progress, log)
-            stats = progress.stats()
-        extra = job.write_figures(job.out, job.units)
-        manifest = write_manifest(job.out, spec, job.units, image_shape=setup.image_shape,
-                                  extra={**extra, **job.manifest_extra})
-    except StorageError as err:  # storage failed once the work had started: resumable, not bad input
-        raise JobFailed(f"{err}; finished shards are kept, re-run the same command to resume") from err
+    if pending:
+        progress = Progress(job.total, sum(u.count for u in job.units if u.name in done), job.unit_label, log,
+                            LOG_PREFIX)
+        run_pipeline(job.actor_cls, job.actor_kwargs, pending, plan, progress, log)  # begins the work
+        stats = progress.stats()
+    begin_work()
+    extra = job.write_figures(job.out, job.units)
+    manifest = write_manifest(job.out, spec, job.units, image_shape=setup.image_shape,
+                              extra={**extra, **job.manifest_extra})
     seconds = time.perf_counter() - started
     log(f"{LOG_PREFIX} done: {manifest['count']} {job.unit_label} in {job.out.uri} ({seconds:.1f} s this run); "
         "manifest written")

@@ -21,21 +21,21 @@ pool has one actor per GPU with ``use_gpu``, else ``CPUs // cpus_per_actor`` act
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..console import Log, format_seconds
+from ..testing import faults
+from ..errors import UserError, begin_work
 from .sample_set import WorkUnit
 
-__all__ = ["ActorPlan", "Progress", "ProgressBoard", "run_pipeline", "format_seconds"]
+__all__ = ["ActorPlan", "Progress", "ProgressBoard", "run_pipeline"]
 
-Log = Callable[[str], None]
 REPORT_EVERY_S = 30.0  # at most this long between progress lines
 LEVEL_REPORT_MIN_S = 10.0  # a finished level is reported if the last line is at least this old
 
@@ -145,16 +145,6 @@ class ProgressBoard:
         return dict(self.fractions), fresh
 
 
-def format_seconds(seconds: float) -> str:
-    """``1h02m03s`` / ``2m03s``; ``?`` when unknown."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 class Progress:
     """Prints ``done/total``, throughput and time left (driver side), from finished shards
     plus the partial progress of running ones."""
@@ -225,6 +215,7 @@ def run_pipeline(
             if started_ray and not os.environ.get("RAY_ADDRESS"):
                 raise UserError("use_gpu: Ray sees no GPU on this machine; sample on CPUs instead")
             log(f"{progress.prefix} the cluster has no GPU right now: waiting for the autoscaler to add GPU nodes")
+        begin_work()
         _execute(actor_cls, constructor_kwargs, pending, plan, progress, log)
     finally:
         if started_ray:
@@ -247,6 +238,7 @@ def _execute(actor_cls: type, constructor_kwargs: dict[str, Any], pending: list[
         compute=strategy,
         fn_constructor_kwargs={**constructor_kwargs, "board": board},
         **plan.remote_args(),
+        **({"runtime_env": faults.runtime_env()} if faults.runtime_env() else {}),  # reliability tests only
     )
     stop = threading.Event()
 

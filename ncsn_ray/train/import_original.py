@@ -31,7 +31,7 @@ from ncsn_core.checkpoint import checkpoint_bytes
 from ncsn_core.original_ncsn import to_project_names
 
 from .checkpoints import list_checkpoints
-from ..errors import UserError
+from ..errors import UserError, begin_work
 from ..io.layout import CHECKPOINT_FILE, STEP_FILE
 from ..io.storage import Storage
 
@@ -137,6 +137,7 @@ def run(options: ImportOptions, *, log: Callable[[str], None] = print) -> dict[s
         raise UserError(f"{out.uri} already holds checkpoints; import into a new run folder")
     sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
     folder = f"checkpoint_{step:08d}"
+    begin_work()
     out.write_bytes(f"{folder}/{CHECKPOINT_FILE}",
                     checkpoint_bytes(model=model, config=config, sigmas=sigmas, ema=ema, step=step))
     out.write_bytes(f"{folder}/{STEP_FILE}", f"{step}\n".encode())

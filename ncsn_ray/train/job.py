@@ -16,19 +16,21 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ncsn_core import apply_overrides, load_config
 from ncsn_core.config import resolve_auto
 from ncsn_core.config import Config
 
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
+from ..console import Log
 from ..data.format import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
-from ..errors import JobFailed, UserError, root_cause
+from ..errors import UserError, begin_work
 from ..io.layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
 from ..cluster import FAKE_GPUS_ENV
-from ..io.storage import Storage, StorageError
+from ..io.storage import Storage
 from ..data.ingest import fits_in_memory
+from ..testing import faults
 from .loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
@@ -38,7 +40,6 @@ AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
 IMAGE_MODELS = ("ncsn", "ncsnv2")
 CACHE_LIMIT_BYTES = 1 << 30  # decoded datasets up to this size train in memory (data_cache "auto")
 
-Log = Callable[[str], None]
 
 
 @dataclass(kw_only=True)
@@ -62,8 +63,6 @@ class TrainOptions:
     placement_strategy: str = "PACK"
     verbose: bool = False  # show Ray Train's own INFO lines
     allow_config_change: bool = False  # resume with other learning settings (lr, batch size, loss, ...)
-    inject_failure_at_step: int = -1  # tests only
-    rank_digests: bool = False  # tests only
 
 
 def _load_config(options: TrainOptions) -> Config:
@@ -226,6 +225,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     from ..cluster import cluster_cpus, init_ray
 
     started = time.perf_counter()
+    begin_work()
     started_ray = init_ray(log=log)
     try:
         in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
@@ -234,8 +234,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             run_uri=run_location.uri, endpoint_url=options.endpoint_url,
             use_gpu=options.use_gpu and not os.environ.get(FAKE_GPUS_ENV),
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
-            verbose=options.verbose, inject_failure_at_step=options.inject_failure_at_step,
-            rank_digests=options.rank_digests, resume_uri=resume.uri, config_changes=resume.changes,
+            verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
             f"{config.training.batch_size} over {options.num_workers} worker(s), data {data.uri} "
@@ -296,17 +295,12 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if options.verbose else "WARNING"),
+            worker_runtime_env=faults.runtime_env(),  # empty unless a reliability test asks for a fault
         ),
         **streaming,
     )
     if run_location.exists(STOPPED_FILE):
         run_location.delete(STOPPED_FILE)  # from an earlier attempt
-    try:
-        trainer.fit()
-    except Exception as err:  # noqa: BLE001 - storage failing mid-run is resumable, not bad input
-        if isinstance(root_cause(err), StorageError):
-            raise JobFailed(f"{root_cause(err)}; checkpoints written so far are kept, re-run the same command "
-                            "to resume") from err
-        raise
+    trainer.fit()
     if run_location.exists(STOPPED_FILE):
         raise NonFiniteLossError(run_location.read_json(STOPPED_FILE)["error"])

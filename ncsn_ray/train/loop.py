@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -36,23 +35,23 @@ from typing import Any, Callable
 import torch
 
 from ncsn_core import EMA, LOSSES, build_model, config_from_dict, geometric_sigmas, load_checkpoint, per_level_means
-from ncsn_core import train_step
+from ncsn_core import make_optimizer, train_step
 from ncsn_core.checkpoint import CheckpointError, checkpoint_bytes
 from ncsn_core.config import Config
 
 from ..errors import JobFailed
 from ..io.figures import loss_plot
 from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STOPPED_FILE
-from ..sample.pipeline import format_seconds
+from ..console import format_seconds
+from ..testing import faults
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
 from ..io.storage import Storage
 from ..data.format import read_manifest
 from ..data.global_batches import GlobalBatches
 from ..data.ingest import WorkerBatches, augment, read_images
 
-__all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker", "FAILURE_MARKER"]
+__all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker"]
 
-FAILURE_MARKER = ".injected-failure-done"
 PREVIEW_STEPS_PER_LEVEL = 10
 
 
@@ -79,8 +78,6 @@ class WorkerOptions:
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
-    inject_failure_at_step: int = -1  # tests only: kill the worker once at this step
-    rank_digests: bool = False  # tests only: every rank writes a digest of its weights at checkpoints
 
 
 def _log(message: str) -> None:
@@ -106,8 +103,8 @@ class TrainState:
         self.sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
         self.model = build_model(config)
         self.ema = EMA(self.model, tc.ema_decay)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999),
-                                          weight_decay=tc.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), lr=tc.lr, beta1=tc.beta1,
+                                        weight_decay=tc.weight_decay)
         self.step = 0
 
     def restore(self, data: bytes, name: str) -> None:
@@ -121,7 +118,7 @@ class TrainState:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
             tc = self.config.training
             for group in self.optimizer.param_groups:
-                group.update(lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=tc.weight_decay)
+                group.update(lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=tc.weight_decay, foreach=True)
         self.step = ckpt.step
 
     def to(self, device: torch.device) -> "TrainState":
@@ -397,10 +394,7 @@ def _train(loop_config: dict[str, Any]) -> None:
                          **loss_kwargs, **step_kwargs)
         state.step += 1
         window.add(out, state.step)
-        if state.step == opts.inject_failure_at_step and rank == 0 and not run.exists(FAILURE_MARKER):
-            run.write_bytes(FAILURE_MARKER, b"1")
-            _log(f"[train] injected failure: killing worker at step {state.step}")
-            os._exit(1)
+        faults.kill_worker_once(state.step, rank, run, _log)
         checkpoint_due = state.step % tc.checkpoint_every == 0 or state.step >= tc.steps
         if not checkpoint_due and state.step % tc.log_every != 0:
             continue
@@ -408,7 +402,7 @@ def _train(loop_config: dict[str, Any]) -> None:
         if record is not None:
             record.log_window(state.step, stats, per_worker * world)
         if checkpoint_due:
-            if opts.rank_digests:
+            if faults.enabled("train.rank_digests"):
                 _write_rank_digest(run, state, rank, state.step)
             _report_checkpoint(state, rank)
             if record is not None:

@@ -24,23 +24,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
-from ..errors import JobFailed, UserError
+from ..console import Log
+from ..errors import JobFailed, UserError, begin_work
 from ..io.figures import curve_plot
 from ..io.layout import MANIFEST, default_run_uri, run_name
 from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 from ..sample.job import SamplingOptions, resolve_sampling
-from ..sample.sample_set import make_job_spec, open_sample_set
+from ..sample.sample_set import FolderState, make_job_spec, open_sample_set
 from .front import pareto_front, recommend
 from .space import candidate_settings, method_of, setting_label, setting_nfe
 from .trial import METRICS
 
 __all__ = ["TuneOptions", "run", "FRONT_PLOT", "TRIALS"]
 
-Log = Callable[[str], None]
 FRONT_PLOT = "_front.png"
 TRIALS = "trials.parquet"
 EXPERIMENT = "tune"
@@ -215,7 +215,7 @@ def run(options: TuneOptions, *, log: Log = print) -> dict[str, Any]:
                 "reference": options.reference, "settings": [json.dumps(s) for s in settings]}
     spec = make_job_spec("tune", identity, {"checkpoint_uri": setup.pinned.uri, "created_at": utc_timestamp()})
     state = open_sample_set(out, spec)
-    if state == "complete":
+    if state is FolderState.COMPLETE:
         manifest = out.read_json(MANIFEST)
         log(f"[tune] {out.uri} already holds this finished search")
         return _report(manifest, log)
@@ -224,6 +224,7 @@ def run(options: TuneOptions, *, log: Log = print) -> dict[str, Any]:
         f"{f' (budget {options.budget_nfe})' if options.budget_nfe else ''}; results in {out.uri}")
     from ..cluster import init_ray
 
+    begin_work()
     started = init_ray(log=log)
     try:
         results = _tuner(options, out, setup, settings, log).fit()

@@ -15,7 +15,7 @@ import torch
 from ncsn_core import build_model, config_from_dict, dsm_loss, geometric_sigmas, save_checkpoint, train_step
 from ncsn_ray.data.format import DatasetManifest, ShardInfo, encode_rows, write_manifest
 from ncsn_ray.io.figures import png_bytes
-from ncsn_ray.sample.sample_set import GENERATE_SCHEMA, make_job_spec, open_sample_set, plan_units
+from ncsn_ray.sample.sample_set import GENERATE_SCHEMA, FolderState, make_job_spec, open_sample_set, plan_units
 from ncsn_ray.sample.sample_set import write_manifest as write_sample_manifest
 from ncsn_ray.io.storage import Storage
 
@@ -55,7 +55,7 @@ def write_sample_set(storage: Storage, images: np.ndarray, *, shard_size: int = 
     c = images.shape[-1]
     identity = {"n": len(images), "seed": 0, "shard_size": shard_size, "image_shape": [c, *images.shape[1:3]]}
     spec = make_job_spec("generate", identity, {"made_by": "test"})
-    assert open_sample_set(storage, spec) == "new"
+    assert open_sample_set(storage, spec) is FolderState.NEW
     units = plan_units("generate", len(images), shard_size)
     for unit in units:
         table = pa.table(

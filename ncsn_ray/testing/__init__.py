@@ -1,0 +1,1 @@
+"""Hooks the reliability tests drive from outside the product's options (see :mod:`.faults`)."""
