@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
 from ncsn_core import annealed_langevin, build_model, geometric_sigmas, initial_samples, load_config, make_score_fn  # noqa: E402
 
 
@@ -79,10 +80,18 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> d
         "sampler_images_per_s": round(batch / t_sampler, 3),
         "ratio": round(t_bare / t_sampler, 4),
     }
+    # Compute efficiency: the network's counted FLOP per forward pass, at the sampler's rate.
+    flop = forward_flops(model, (x0[:1], levels[:1]))
+    result["mflop_per_forward"] = round(flop / 1e6, 2)
+    result["sampler_gflops"] = round(steps * batch / t_sampler * flop / 1e9, 2)
+    peak = machine_facts()["fp32_peak_gflops"] if device.type == "cpu" else None
+    result["fraction_of_fp32_peak"] = round(result["sampler_gflops"] / peak, 4) if peak else None
     print(
         f"{name:>7} {device}: batch {batch}, {steps} steps: sampler {result['sampler_images_per_s']:.3f} img/s "
         f"({t_sampler:.3f}s) / bare network {result['bare_images_per_s']:.3f} img/s ({t_bare:.3f}s) "
-        f"= ratio {result['ratio']:.3f}",
+        f"= ratio {result['ratio']:.3f}; {result['mflop_per_forward']:.1f} MFLOP per forward, sampler at "
+        f"{result['sampler_gflops']:.1f} GFLOP/s" + (f" ({100 * result['fraction_of_fp32_peak']:.1f}% of the CPU's "
+                                                      f"fp32 peak {peak:.0f})" if peak else ""),
         flush=True,
     )
     return result
@@ -101,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.steps_per_level is None:
         args.steps_per_level = 100 if device.type == "cuda" else 2
+    if device.type == "cpu":
+        print(describe(), flush=True)
     results = [bench_config(name.strip(), args, device) for name in args.configs.split(",") if name.strip()]
     print(json.dumps({"benchmark": "sampler_vs_bare_network", "results": results}))
     return 0

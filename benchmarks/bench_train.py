@@ -36,20 +36,31 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ncsn_core import EMA, LOSSES, build_model, geometric_sigmas, load_config, train_step  # noqa: E402
-from ncsn_ray.data.format import decode_images, iter_tables, read_manifest  # noqa: E402
+from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
+from ncsn_ray.data.format import read_manifest  # noqa: E402
 from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
 from ncsn_ray.io.storage import Storage  # noqa: E402
 from ncsn_ray.train.job import TrainOptions, run  # noqa: E402
-from ncsn_ray.data.ingest import augment  # noqa: E402
+from ncsn_ray.data.ingest import augment, read_images  # noqa: E402
 
 
-def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, device: torch.device) -> float:
+def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, device: torch.device, *,
+                       yardstick: bool = False, channels_last: bool = False) -> float:
+    """Images/s of a bare single-process loop: the job's optimiser (multi-tensor Adam), or with
+    ``yardstick`` PyTorch's default Adam (per-tensor on the CPU), the loop by which the README's
+    and the first-look target's machine speeds (e.g. 307 img/s) were measured.
+    ``channels_last``: the model and batches in NHWC memory format."""
     torch.manual_seed(0)
     model = build_model(config).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, config.training.ema_decay)
     tc = config.training
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=tc.weight_decay)
+    if yardstick:
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=tc.weight_decay)
+    else:
+        opt = make_optimizer(model.parameters(), lr=tc.lr, beta1=tc.beta1, weight_decay=tc.weight_decay)
     sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels).to(device)
     loss_fn = LOSSES[config.training.loss]
     batch = config.training.batch_size
@@ -63,12 +74,57 @@ def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, de
             start = time.perf_counter()
         idx = torch.randint(0, len(data), (batch,), generator=g).to(device)
         x = augment(data[idx], dequantize=config.data.dequantize, random_flip=config.data.random_flip)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         out = train_step(model, opt, loss_fn, x, sigmas, ema=ema, grad_clip=config.training.grad_clip,
                          anneal_power=config.training.anneal_power)
-        float(out.loss)  # the Ray loop checks finiteness on the host at log steps; keep work comparable
+        float(out.loss.detach())  # the Ray loop checks finiteness on the host at log steps; keep work comparable
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - start)
+
+
+YARDSTICK_OVERRIDES = ["model.ngf=16", "training.batch_size=128"]  # the digits default when the 307 img/s was measured
+
+
+def yardstick_images_per_s(images: torch.Tensor, steps: int = 40) -> float:
+    """This machine's speed as the README states it: the plain loop (PyTorch's default Adam,
+    torch's default threads) on the digits network with ngf 16 at batch 128, whatever the
+    default config is now; a machine that runs it at 307 img/s is the five-minute target's."""
+    config = apply_overrides(load_config(str(ROOT / "jobs" / "configs" / "digits.yaml")), YARDSTICK_OVERRIDES,
+                             source="the yardstick network")
+    return plain_images_per_s(config, images, steps, warmup=5, device=torch.device("cpu"), yardstick=True)
+
+
+def lever_table(config, images: torch.Tensor, steps: int) -> list[dict]:
+    """The plain loop's img/s under each compute-per-step lever, one at a time, in one run
+    (each measured twice, interleaved, best kept)."""
+    variants = {
+        "PyTorch's default Adam (per-tensor on CPU)": dict(config=config, yardstick=True),
+        "multi-tensor Adam (the job's)": dict(config=config),
+        "multi-tensor Adam + channels-last": dict(config=config, channels_last=True),
+    }
+    for batch in (64, 256):
+        variants[f"multi-tensor Adam, batch {batch}"] = dict(
+            config=apply_overrides(config, [f"training.batch_size={batch}"], source="lever"))
+    best: dict[str, float] = {}
+    for _ in range(2):
+        for name, kwargs in variants.items():
+            kwargs = dict(kwargs)
+            rate = plain_images_per_s(kwargs.pop("config"), images, steps, warmup=5, device=torch.device("cpu"), **kwargs)
+            best[name] = max(best.get(name, 0.0), rate)
+    flop = training_flop_per_image(config)
+    peak = machine_facts()["fp32_peak_gflops"]
+    return [{"lever": name, "images_per_s": round(rate, 1), "gflops": round(rate * flop / 1e9, 1),
+             "fraction_of_peak": round(rate * flop / 1e9 / peak, 4)} for name, rate in best.items()]
+
+
+def training_flop_per_image(config) -> float:
+    """FLOP of one training image: the forward pass (counted) times 3 (the backward pass costs
+    about twice the forward), at a random noise level."""
+    model = build_model(config)
+    shape = (1, config.data.channels, config.data.image_size, config.data.image_size)
+    return 3.0 * forward_flops(model, (torch.rand(shape), torch.zeros(1, dtype=torch.long)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--num-workers", type=int, default=1, help="DDP workers on the Ray side (global batch unchanged)")
+    parser.add_argument("--levers", action="store_true",
+                        help="print the plain loop's img/s under each compute-per-step lever and exit")
+    parser.add_argument("--plain-only", action="store_true",
+                        help="print only the plain loop's img/s: this machine's speed, by which README times scale")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     device = torch.device("cuda" if args.use_gpu else "cpu")
@@ -87,11 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             ensure_prepared(config.data.dataset, data_uri, log=lambda *a: None)
         storage = Storage.from_uri(data_uri)
-        manifest = read_manifest(storage)
-        images = torch.from_numpy(np.concatenate(
-            [decode_images(t.column("image").to_pylist(), manifest.channels) for t in iter_tables(storage, manifest)]
-        )).permute(0, 3, 1, 2).contiguous()
+        images = read_images(storage, read_manifest(storage))
         timed = max(args.steps - args.log_every, args.log_every)
+        if args.levers:
+            print(describe())
+            for row in lever_table(config, images, timed):
+                print(f"{row['lever']:<48} {row['images_per_s']:>7.1f} img/s  {row['gflops']:>5.1f} GFLOP/s  "
+                      f"{100 * row['fraction_of_peak']:.1f}% of peak")
+            return 0
+        if args.plain_only:
+            plain_before = yardstick_images_per_s(images, timed)
+            facts, flop = machine_facts(), training_flop_per_image(config)
+            print(f"{describe(facts)}\nplain loop (digits network, ngf 16, batch 128, "
+                  f"{torch.get_num_threads()} threads): {plain_before:.1f} img/s = "
+                  f"{plain_before * flop / 1e9:.1f} GFLOP/s, {100 * plain_before * flop / 1e9 / facts['fp32_peak_gflops']:.1f}% "
+                  "of fp32 peak")
+            return 0
         plain_before = plain_images_per_s(config, images, timed, warmup=5, device=device)
 
         options = TrainOptions(
@@ -110,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         plain_after = plain_images_per_s(config, images, timed, warmup=5, device=device)
 
     plain = (plain_before + plain_after) / 2
+    facts = machine_facts()
+    flop_per_image = training_flop_per_image(config)
     result = {
         "benchmark": "train_ray_vs_plain",
         "config": Path(args.config).stem,
@@ -124,10 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         "plain_images_per_s_before": round(plain_before, 2),
         "plain_images_per_s_after": round(plain_after, 2),
         "ratio": round(ray_ips / plain, 4),
+        "training_mflop_per_image": round(flop_per_image / 1e6, 2),
+        "plain_gflops": round(plain * flop_per_image / 1e9, 2),
+        "ray_gflops": round(ray_ips * flop_per_image / 1e9, 2),
+        "fp32_peak_gflops": facts["fp32_peak_gflops"],
     }
     print(f"Ray Train path ({args.num_workers} worker(s)) {ray_ips:.1f} img/s (steady state, windows {result['ray_window_images_per_s']}) / "
           f"plain loop {plain:.1f} img/s (before {plain_before:.1f}, after {plain_after:.1f}) = ratio {result['ratio']:.3f}; "
           f"Ray run wall time incl. start-up {wall:.1f}s for {args.steps} steps; time to first step {time_to_first_step:.1f}s")
+    print(f"{describe(facts)}: training costs {flop_per_image / 1e6:.1f} MFLOP per image (forward x 3), so the "
+          f"plain loop runs at {result['plain_gflops']:.1f} GFLOP/s ({100 * result['plain_gflops'] / facts['fp32_peak_gflops']:.1f}% "
+          f"of peak) and the Ray path at {result['ray_gflops']:.1f} GFLOP/s "
+          f"({100 * result['ray_gflops'] / facts['fp32_peak_gflops']:.1f}%)")
     print(json.dumps(result))
     return 0
 

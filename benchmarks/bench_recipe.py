@@ -1,0 +1,171 @@
+"""Training recipes measured as sample quality against training wall time, in one process.
+
+Each recipe is the digits config with ``--set``-style overrides. It trains in a plain loop
+with the training job's own pieces (the step-addressed batches of the in-memory path,
+``ncsn_core.train_step``, EMA), and at every ``--eval-every`` steps pauses the clock, draws
+``--n`` samples (seeds 0 .. n-1) from the EMA weights with the config's sampler, and scores
+them with the offline digits metric: the Fréchet distance as a ratio to real digits at the
+same n, the classifier's confidence, the largest class share and the near-copy share. The
+four quality targets are FD <= 3x, confidence >= 0.9, largest class <= 15%, no near copies.
+
+Printed per evaluation: recipe, step, training seconds so far (sampling excluded), images
+seen, images/s, and the scores. The machine is named first; the default recipe's images/s
+is this machine's plain-loop speed of the default network, by which to scale the seconds
+to another machine.
+
+    python benchmarks/bench_recipe.py --recipe default: \\
+        --recipe short:training.steps=600,training.ema_decay=0.99 --eval-every 200 --n 512 \\
+        [--plot docs/quality-vs-train-time.png] [--json out.json] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.machine import describe, machine_facts  # noqa: E402
+from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from ncsn_core.config import resolve_auto  # noqa: E402
+from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
+from ncsn_ray.data.global_batches import GlobalBatches  # noqa: E402
+from ncsn_ray.data.ingest import augment, read_images  # noqa: E402
+from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
+from ncsn_ray.io.figures import curve_plot, save_png  # noqa: E402
+from ncsn_ray.io.layout import default_data_uri  # noqa: E402
+from ncsn_ray.io.storage import Storage  # noqa: E402
+from ncsn_ray.sample.sampler import Sampler, SamplerSettings  # noqa: E402
+from ncsn_ray.tune.trial import digits_score  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "jobs" / "configs" / "digits.yaml"
+
+
+def digits_images() -> tuple[torch.Tensor, float]:
+    """The prepared digits ``(N, 1, 8, 8)`` uint8 and their largest pairwise distance."""
+    uri = str(Path(default_data_uri("digits")).resolve())
+    ensure_prepared("digits", uri, log=lambda *a: None)
+    data = Storage.from_uri(uri)
+    manifest = read_manifest(data)
+    return read_images(data, manifest), dataset_max_distance(data, manifest)[0]
+
+
+def score_ema(config, ema_model: torch.nn.Module, sigmas: torch.Tensor, n: int, sampling: list[str] = ()) -> dict:
+    """Score ``n`` samples of the EMA weights with the config's sampler (``sampling``: overrides)."""
+    if sampling:
+        config = apply_overrides(config, list(sampling), source="sampler")
+    settings = SamplerSettings.from_config(config)
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    sampler = Sampler(ema_model, sigmas, settings, shape, torch.device("cpu"))
+    batch = config.sampling.batch_size
+    started = time.perf_counter()
+    images = torch.cat([torch.from_numpy(sampler.sample(list(range(i, min(i + batch, n))))) for i in range(0, n, batch)])
+    seconds = time.perf_counter() - started
+    ratio, extra = digits_score(images.numpy())
+    return {"fd_ratio": round(ratio, 3), "confidence": round(extra["confidence"], 4),
+            "max_class": round(extra["max_class_share"], 4), "near_copies": round(extra["near_copy_share"], 4),
+            "nfe": sampler.nfe_per_sample, "sampling_s": round(seconds, 1)}
+
+
+def recipe_config(name: str, overrides: list[str], max_distance: float):
+    """The digits config (or ``config=PATH`` among the overrides) with the overrides applied and
+    ``auto`` values resolved as the training job resolves them."""
+    paths = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
+    overrides = [o for o in overrides if not o.startswith("config=")]
+    config = load_config(str(ROOT / paths[-1]) if paths else str(DEFAULT_CONFIG))
+    if overrides:
+        config = apply_overrides(config, overrides, source=f"recipe {name}")
+    if config.has_auto():
+        config, _ = resolve_auto(config, max_distance=max_distance, dimension=64)
+    return config
+
+
+def train_recipe(name: str, config, images: torch.Tensor, eval_every: int, n: int, log,
+                 final_samplers: list[list[str]] = ()) -> list[dict]:
+    tc = config.training
+    torch.manual_seed(tc.seed * 1000)
+    model = build_model(config)
+    ema = EMA(model, tc.ema_decay)
+    optimizer = make_optimizer(model.parameters(), lr=tc.lr, beta1=tc.beta1, weight_decay=tc.weight_decay)
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    batches = GlobalBatches(images, global_batch=tc.batch_size, seed=tc.seed, num_levels=config.noise.num_levels)
+    loss_fn = LOSSES[tc.loss]
+    rows, trained_s = [], 0.0
+    step = 0
+    while step < tc.steps:
+        started = time.perf_counter()
+        stop = min(tc.steps, step + eval_every)
+        model.train()
+        while step < stop:
+            step += 1
+            d = batches.draws(step)
+            x = augment(d.images, dequantize=config.data.dequantize, random_flip=config.data.random_flip,
+                        uniform=d.uniform, flip=d.flip)
+            train_step(model, optimizer, loss_fn, x, sigmas, ema=ema, grad_clip=tc.grad_clip,
+                       anneal_power=tc.anneal_power, levels=d.levels, noise=d.noise)
+        trained_s += time.perf_counter() - started
+        row = {"recipe": name, "step": step, "train_s": round(trained_s, 1), "images": step * tc.batch_size,
+               "images_per_s": round(step * tc.batch_size / trained_s, 1), **score_ema(config, ema.module, sigmas, n)}
+        rows.append(row)
+        log(json.dumps(row))
+    for sampling in final_samplers:  # other samplers on the final weights
+        row = {**rows[-1], "recipe": f"{name} [{' '.join(sampling)}]", **score_ema(config, ema.module, sigmas, n, sampling)}
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def meets_targets(row: dict) -> bool:
+    return row["fd_ratio"] <= 3 and row["confidence"] >= 0.9 and row["max_class"] <= 0.15 and row["near_copies"] == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", action="append", required=True, metavar="NAME:KEY=VALUE,...",
+                   help="a recipe: a name, then comma-separated config overrides, config=PATH for another "
+                        "config than digits.yaml (repeatable)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--final-sampler", action="append", default=[], metavar="KEY=VALUE,...",
+                   help="also score the final weights with these sampling overrides (repeatable)")
+    p.add_argument("--n", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--plot", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    facts = machine_facts()
+    print(describe(facts), flush=True)
+    images, max_distance = digits_images()
+    rows = []
+    for spec in args.recipe:
+        name, _, settings = spec.partition(":")
+        config = recipe_config(name, [s for s in settings.split(",") if s], max_distance)
+        rows += train_recipe(name, config, images, args.eval_every, args.n, lambda line: print(line, flush=True),
+                             [f.split(",") for f in args.final_sampler])
+    print(f"\n{'recipe':<16} {'step':>5} {'train s':>8} {'img/s':>7} {'FD/real':>8} {'conf':>6} {'max cls':>8} "
+          f"{'copies':>6}  targets")
+    for r in rows:
+        print(f"{r['recipe']:<16} {r['step']:>5} {r['train_s']:>8.1f} {r['images_per_s']:>7.1f} {r['fd_ratio']:>8.2f} "
+              f"{r['confidence']:>6.3f} {r['max_class']:>8.3f} {r['near_copies']:>6.3f}  "
+              f"{'met' if meets_targets(r) else '-'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": facts, "rows": rows}, indent=1))
+    if args.plot:
+        series: dict[str, list] = {}
+        for r in rows:
+            series.setdefault(r["recipe"], []).append((r["train_s"], r["fd_ratio"]))
+        save_png(curve_plot(series, x_label="training seconds (sampling excluded)",
+                            y_label="FD / real digits (n = %d)" % args.n, log_y=True,
+                            title="digits: quality against training time"), args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
