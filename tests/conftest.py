@@ -43,14 +43,24 @@ def s3_server():
                 os.environ[k] = v
 
 
-@pytest.fixture
-def s3_bucket(s3_server):
-    """A fresh, empty bucket on the moto server; returns ``(bucket_name, endpoint)``."""
+def _new_bucket(endpoint: str) -> str:
     import boto3
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
-    return name, s3_server["endpoint"]
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the moto server; returns ``(bucket_name, endpoint)``."""
+    return _new_bucket(s3_server["endpoint"]), s3_server["endpoint"]
+
+
+@pytest.fixture(scope="module")
+def module_bucket(s3_server):
+    """One bucket shared by a test module's tests (each writes under its own prefix)."""
+    return _new_bucket(s3_server["endpoint"]), s3_server["endpoint"]
 
 
 @pytest.fixture(scope="module")

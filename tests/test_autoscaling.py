@@ -29,14 +29,8 @@ import yaml
 from ncsn_ray.sample.sample_set import read_sample_manifest
 from ncsn_ray.io.storage import Storage
 from support.data import make_tiny_run
-from support.ray_head import (
-    alive_nodes,
-    fake_autoscaling_config,
-    job_output,
-    job_succeeded,
-    local_ray_head,
-    submit_job,
-)
+from support.ray_head import fake_autoscaling_config, local_ray_head
+from support.ray_jobs import alive_nodes, job_output, job_succeeded, submit_job
 from support.train_helpers import REPO, write_tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # about 6 minutes on 2 cores: run with -m slow

@@ -346,7 +346,8 @@ def test_readme_documents_the_cluster_commands():
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_runtime_env_yaml_runs_a_job_from_the_repository(tmp_path):
-    from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
+    from support.ray_head import local_ray_head
+    from support.ray_jobs import job_output, job_succeeded, submit_job
 
     import shutil
     import subprocess

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,11 @@ from ncsn_ray.evaluate.job import EvaluationError, evaluate, evaluate_on_ray
 from ncsn_ray.evaluate.fidelity import CACHE_DIR, UInt8ImageDataset
 from ncsn_ray.sample.sample_set import SampleSetError
 from ncsn_ray.io.storage import Storage
+from support.console import DEAD_PROXY, quiet
 from support.data import digits_uint8, write_dataset, write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "jobs" / "evaluate.py"
-# A proxy on a closed loopback port: every download attempt fails at once, internet or not.
-DEAD_PROXY = {"HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1", "http_proxy": "http://127.0.0.1:1",
-              "https_proxy": "http://127.0.0.1:1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,15 +48,6 @@ def inception_weights(inception_weights_file) -> Path:
     return inception_weights_file
 
 
-@pytest.fixture(scope="module")
-def bucket(s3_server):
-    import boto3
-
-    name = f"eval-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
-    return name, s3_server["endpoint"]
-
-
 @pytest.mark.timeout(120)
 def test_grey_images_are_repeated_to_three_uint8_channels():
     images = digits_uint8(3)
@@ -75,8 +59,8 @@ def test_grey_images_are_repeated_to_three_uint8_channels():
 
 
 @pytest.mark.timeout(300)
-def test_scores_from_s3_and_reference_features_cached_beside_the_reference(inception_weights, bucket):
-    name, endpoint = bucket
+def test_scores_from_s3_and_reference_features_cached_beside_the_reference(inception_weights, module_bucket):
+    name, endpoint = module_bucket
     reference_uri = f"s3://{name}/data/digits"
     reference = digits_uint8(10)
     write_dataset(Storage.from_uri(reference_uri, endpoint_url=endpoint), reference)

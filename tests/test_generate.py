@@ -11,7 +11,6 @@ import io
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +31,12 @@ from ncsn_ray.sample.sampler import Sampler, SamplerSettings, image_mask, overri
 from ncsn_ray.sample.sample_set import INPAINT_SCHEMA, SampleSetError, iter_sample_images, plan_units, read_sample_manifest
 from ncsn_ray.io.storage import Storage
 from ncsn_ray.testing import faults
+from support.console import quiet
 from support.data import digits_uint8, make_tiny_run, write_dataset
 from support.jobs import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "jobs" / "generate.py"
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 def load_cli():
@@ -74,18 +70,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server):
-    import boto3
-
-    name = f"gen-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=name)
-    return name, s3_server["endpoint"]
-
-
-@pytest.fixture(scope="module")
-def s3_samples(ray_local, tiny_run, bucket):
+def s3_samples(ray_local, tiny_run, module_bucket):
     """24 samples (seeds 0..23) in shards of 10, batches of 4, one actor, written to S3."""
-    name, endpoint = bucket
+    name, endpoint = module_bucket
     uri = f"s3://{name}/samples/tiny"
     lines: list[str] = []
     summary = generate.run(
@@ -244,8 +231,8 @@ def test_interrupted_job_resumes_without_touching_finished_shards(ray_local, tin
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_inpainting_keeps_known_pixels(ray_local, tiny_run, bucket, tmp_path):
-    name, endpoint = bucket
+def test_inpainting_keeps_known_pixels(ray_local, tiny_run, module_bucket, tmp_path):
+    name, endpoint = module_bucket
     data_uri = f"s3://{name}/data/digits"
     originals = digits_uint8(7)
     write_dataset(Storage.from_uri(data_uri, endpoint_url=endpoint), originals, shard_size=3, first_id=100)
@@ -404,15 +391,16 @@ def test_inpainting_refuses_incomplete_datasets_and_bad_masks(tiny_run, tmp_path
 @pytest.mark.ray
 @pytest.mark.slow  # CI covers this path in tests/test_pipeline_e2e.py; run with -m slow
 @pytest.mark.timeout(420)
-def test_ray_job_submit_generates_into_s3(tiny_run, bucket, s3_server, tmp_path):
+def test_ray_job_submit_generates_into_s3(tiny_run, module_bucket, s3_server, tmp_path):
     """``ray job submit -- python jobs/generate.py`` on a token-authenticated local head.
 
     The checkpoint is uploaded to S3 first: the job reads and writes only object storage.
     Credentials go to the node environment, the endpoint to the job's runtime_env.
     """
-    from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
+    from support.ray_head import local_ray_head
+    from support.ray_jobs import job_output, job_succeeded, submit_job
 
-    name, endpoint = bucket
+    name, endpoint = module_bucket
     run_uri = f"s3://{name}/runs/tiny"
     ckpt = tiny_run / "checkpoint_000001"
     run_storage = Storage.from_uri(run_uri, endpoint_url=endpoint)

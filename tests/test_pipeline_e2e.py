@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from conftest import FAKE_AWS_ENV
-from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job, unauthenticated_status
+from support.ray_head import local_ray_head
+from support.ray_jobs import job_output, job_succeeded, submit_job, unauthenticated_status
 from support.s3 import read_objects
 from support.train_helpers import REPO, write_tiny_config
 

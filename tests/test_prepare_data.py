@@ -21,16 +21,10 @@ from ncsn_ray.data.format import MANIFEST, DatasetManifest, decode_images, iter_
 from ncsn_ray.data.prepare import DEFAULT_SHARD_SIZE, PREPARE_RECORD, PrepareError, ensure_prepared, prepare_dataset
 from ncsn_ray.data.sources import CELEBA_CROP, CELEBA_SIZE, SourceError, SourceUsageError, load_image
 from ncsn_ray.io.storage import Storage, StorageError
+from support.console import DEAD_PROXY, quiet
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "jobs" / "prepare_data.py"
-# A proxy on a closed loopback port: every download attempt fails at once, internet or not.
-DEAD_PROXY = {"HTTP_PROXY": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1", "http_proxy": "http://127.0.0.1:1",
-              "https_proxy": "http://127.0.0.1:1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from support.ray_head import (
-    cluster_processes,
-    http_status,
-    job_output,
-    job_succeeded,
-    local_ray_head,
-    submit_job,
-    unauthenticated_status,
-)
+from support.http import http_status
+from support.processes import cluster_processes
+from support.ray_head import local_ray_head
+from support.ray_jobs import job_output, job_succeeded, submit_job, unauthenticated_status
 
 pytestmark = [pytest.mark.ray]
 

@@ -16,7 +16,8 @@ import pytest
 from ncsn_core import load_checkpoint
 from ncsn_ray.testing import faults
 from support.jobs import load_job
-from support.ray_head import job_output, job_succeeded, local_ray_head, submit_job
+from support.ray_head import local_ray_head
+from support.ray_jobs import job_output, job_succeeded, submit_job
 from support.train_helpers import REPO, metrics, write_tiny_config
 
 pytestmark = [pytest.mark.ray]

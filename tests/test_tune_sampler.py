@@ -24,6 +24,7 @@ from ncsn_ray.sample.pipeline import ActorPlan
 from ncsn_ray.tune import job as tune_job
 from ncsn_ray.tune.front import pareto_front, recommend
 from ncsn_ray.tune.job import TuneOptions
+from support.console import quiet
 from support.data import TINY_RUN_CONFIG, make_tiny_run
 from support.jobs import load_job
 
@@ -31,10 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUDGET = 5  # on the tiny run's 3-level ladder: 11 settings of 2 to 5 network evaluations per sample
 TRIALS = 11
 N = 12
-
-
-def quiet(_msg: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -57,46 +57,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import yaml
+from .http import http_status
+from .processes import MARKER_VAR, cluster_processes, reap_zombies, subreaper
 
-__all__ = [
-    "RayHead",
-    "local_ray_head",
-    "submit_job",
-    "job_succeeded",
-    "job_output",
-    "http_status",
-    "unauthenticated_status",
-    "cluster_processes",
-    "WORKING_DIR_EXCLUDES",
-    "fake_autoscaling_config",
-    "alive_nodes",
-]
+__all__ = ["RayHead", "local_ray_head", "ray_cli", "fake_autoscaling_config"]
 
-MARKER_VAR = "NCSN_RAY_HEAD_TAG"
-
-# Passed as runtime_env ``excludes`` (gitignore syntax, relative to the working dir) on top
-# of what Ray already skips: its defaults (.git, .venv, venv, __pycache__) and whatever
-# the working dir's .gitignore / .rayignore list (runs/, build/, ... for this repo).
-WORKING_DIR_EXCLUDES = [
-    ".git/",
-    "runs/",
-    "**/__pycache__/",
-    ".pytest_cache/",
-    "*.egg-info/",
-    "build/",
-    "dist/",
-    ".venv/",
-    "venv/",
-    "*.pt.tmp",
-]
 
 # Variables of the caller that must not leak into the cluster or the CLI: the cluster's own
 # auth and address are set explicitly.
@@ -152,7 +122,7 @@ class RayHead:
         return self.process.poll() is None
 
 
-def _ray_cli() -> list[str]:
+def ray_cli() -> list[str]:
     """The ``ray`` CLI of the running interpreter's installation."""
     beside = Path(sys.executable).parent / "ray"
     if beside.exists():
@@ -177,48 +147,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def http_status(
-    url: str, *, headers: dict[str, str] | None = None, method: str = "GET", timeout: float = 5.0
-) -> int:
-    """The HTTP status of one request (0 when nothing answers)."""
-    req = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return 0
-
-
-def unauthenticated_status(head: RayHead, path: str = "/api/jobs/", *, method: str = "GET") -> int:
-    """Status of a request to the job API *without* a token (401 expected with auth on)."""
-    return http_status(head.dashboard_url + path, method=method)
-
-
-def cluster_processes(tag: str) -> list[int]:
-    """PIDs of live processes whose initial environment carries ``MARKER_VAR=tag`` (Linux)."""
-    needle = f"{MARKER_VAR}={tag}".encode()
-    me = os.getpid()
-    pids = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return pids
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == me:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            pids.append(pid)
-    return pids
-
-
 def _redact(text: str, head_token_path: Path) -> str:
     try:
         token = head_token_path.read_text().strip()
@@ -233,58 +161,6 @@ def _tail(path: Path, token_path: Path, n: int = 4000) -> str:
     except OSError:
         return "<no log>"
     return _redact(text[-n:], token_path)
-
-
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
-
-
-def _subreaper(on: bool | None) -> bool | None:
-    """Make this process a child subreaper (Linux), so that the cluster's orphans become
-    our children and can be reaped instead of lingering as zombies under a PID 1 that does
-    not reap. Returns the previous setting (None where unsupported)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prev = ctypes.c_int(0)
-        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(prev), 0, 0, 0) != 0:
-            return None
-        if on is not None:
-            libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
-        return bool(prev.value)
-    except (OSError, AttributeError):
-        return None
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, session) of a process from /proc/PID/stat, or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[3])
-
-
-def _reap_zombies(seen: set[int], session: int) -> None:
-    """waitpid the cluster's processes that ended as our (zombie) children."""
-    me = os.getpid()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        st = _stat(pid)
-        if st is None or st[0] != "Z" or st[1] != me:
-            continue
-        if pid in seen or st[2] == session:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
 
 
 def _stop_cluster(process: subprocess.Popen, tag: str, temp_dir: str) -> list[int]:
@@ -318,7 +194,7 @@ def _stop_cluster(process: subprocess.Popen, tag: str, temp_dir: str) -> list[in
         os.killpg(process.pid, signal.SIGKILL)
     # Orphans reparent to us (subreaper) a moment after their parent dies: reap twice.
     for _ in range(3):
-        _reap_zombies(seen, process.pid)
+        reap_zombies(seen, process.pid)
         time.sleep(0.2)
     shutil.rmtree(temp_dir, ignore_errors=True)
     return sorted(set(killed))
@@ -379,7 +255,7 @@ def local_ray_head(
         config_path.write_text(json.dumps(config))
         head_env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
 
-    cmd = _ray_cli() + [
+    cmd = ray_cli() + [
         "start",
         "--head",
         "--block",
@@ -397,7 +273,7 @@ def local_ray_head(
         cmd.append(f"--autoscaling-config={config_path}")
     cmd += [f"--{name}={port}" for name, port in ports.items()]
 
-    prev_subreaper = _subreaper(True)
+    prev_subreaper = subreaper(True)
     try:
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
@@ -411,7 +287,7 @@ def local_ray_head(
             )
     except BaseException:
         if prev_subreaper is not None:
-            _subreaper(prev_subreaper)
+            subreaper(prev_subreaper)
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     head = RayHead(
@@ -433,7 +309,7 @@ def local_ray_head(
             _stop_cluster(process, tag, temp_dir)
         finally:
             if prev_subreaper is not None:
-                _subreaper(prev_subreaper)
+                subreaper(prev_subreaper)
 
 
 def fake_autoscaling_config(worker_node_types: dict, *, max_workers: int, idle_timeout_minutes: float) -> dict:
@@ -463,15 +339,6 @@ def fake_autoscaling_config(worker_node_types: dict, *, max_workers: int, idle_t
     }
 
 
-def alive_nodes(head: RayHead) -> list[dict]:
-    """The cluster's live nodes (the state API, with the token): ``[{"node_id", "resources_total", ...}]``."""
-    req = urllib.request.Request(head.dashboard_url + "/api/v0/nodes?limit=100", headers=head.auth_headers())
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        payload = json.loads(resp.read())
-    nodes = payload.get("data", {}).get("result", {}).get("result", [])
-    return [n for n in nodes if n.get("state") == "ALIVE"]
-
-
 def _wait_ready(head: RayHead, timeout: float) -> None:
     """Until the job API answers an authenticated request and the node's agent is up."""
     deadline = time.monotonic() + timeout
@@ -491,105 +358,3 @@ def _wait_ready(head: RayHead, timeout: float) -> None:
     raise TimeoutError(
         f"Ray head not ready after {timeout:.0f} s; log tail:\n" + _tail(head.log_path, head.token_path)
     )
-
-
-def submit_job(
-    head: RayHead,
-    entrypoint_args: list[str],
-    *,
-    working_dir: str | os.PathLike,
-    env: dict[str, str] | None = None,
-    timeout: float,
-    excludes: list[str] | None = None,
-    runtime_env: dict | None = None,
-    entrypoint_num_cpus: float | None = None,
-) -> subprocess.CompletedProcess:
-    """``ray job submit`` to ``head`` with its token; blocks until the job ends or ``timeout``.
-
-    Runs ``ray job submit --address <dashboard_url> --submission-id <id> --working-dir <dir>
-    --runtime-env <file> -- <entrypoint_args...>`` with ``RAY_AUTH_MODE=token`` and
-    ``RAY_AUTH_TOKEN_PATH`` in the CLI's environment. The entrypoint is quoted by the CLI
-    (``shlex.join``), so pass it as a list: ``["python", "jobs/train.py", "--steps", "2"]``.
-    ``python`` in the entrypoint is the interpreter running the tests.
-
-    ``env`` becomes the job's runtime_env ``env_vars``, written to a YAML file beside the
-    token (never on the command line). They reach the driver and all the job's tasks and
-    actors. They are stored with the job and visible through the (authenticated) job API,
-    so pass non-secrets here (``AWS_ENDPOINT_URL``); give secrets to ``local_ray_head(env=)``
-    instead, which is the node's own environment.
-
-    ``working_dir`` is zipped and uploaded; ``excludes`` (default ``WORKING_DIR_EXCLUDES``,
-    gitignore syntax) are skipped on top of Ray's defaults and the dir's .gitignore.
-    ``runtime_env`` (e.g. ``yaml.safe_load`` of cluster/runtime_env.yaml) is the base the
-    above are merged into: its own ``excludes`` win over the default, ``env`` is added to
-    its ``env_vars``, and ``working_dir`` replaces its working_dir.
-
-    Returns the CompletedProcess (stdout holds the job's streamed logs; return code 1 when
-    the job failed). On timeout the job is stopped on the cluster and
-    ``subprocess.TimeoutExpired`` is raised with the output so far.
-    """
-    submission_id = f"test-{uuid.uuid4().hex[:12]}"
-    runtime_env = dict(runtime_env or {})
-    runtime_env.pop("working_dir", None)  # --working-dir below
-    if excludes is not None or "excludes" not in runtime_env:
-        runtime_env["excludes"] = list(WORKING_DIR_EXCLUDES if excludes is None else excludes)
-    if env:
-        merged = dict(runtime_env.get("env_vars") or {})
-        merged.update({str(k): str(v) for k, v in env.items()})
-        runtime_env["env_vars"] = merged
-    env_file = head.tmp_path / f"runtime_env_{submission_id}.yaml"
-    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(runtime_env, f)
-
-    cmd = _ray_cli() + [
-        "job",
-        "submit",
-        "--address",
-        head.dashboard_url,
-        "--submission-id",
-        submission_id,
-        "--working-dir",
-        str(working_dir),
-        "--runtime-env",
-        str(env_file),
-    ]
-    if entrypoint_num_cpus is not None:
-        cmd += ["--entrypoint-num-cpus", str(entrypoint_num_cpus)]
-    cmd += ["--", *entrypoint_args]
-    try:
-        return subprocess.run(
-            cmd,
-            env=head.client_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as e:
-        # The CLI was killed; the job still runs on the cluster: stop it.
-        subprocess.run(
-            _ray_cli() + ["job", "stop", "--address", head.dashboard_url, submission_id],
-            env=head.client_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        raise subprocess.TimeoutExpired(e.cmd, e.timeout, output=e.output, stderr=e.stderr) from None
-
-
-def job_succeeded(result: subprocess.CompletedProcess) -> bool:
-    """True when ``ray job submit`` reports the job succeeded (exit 0 alone also covers 'stopped')."""
-    return result.returncode == 0 and "succeeded" in (result.stdout or "") + (result.stderr or "")
-
-
-def job_output(result: subprocess.CompletedProcess) -> str:
-    """stdout and stderr of a ``submit_job`` result, for assertion messages."""
-    return f"--- exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-
-
-if __name__ == "__main__":  # manual smoke run: python tests/ray_head.py
-    with tempfile.TemporaryDirectory() as d, local_ray_head(tmp_path=d) as h:
-        print(json.dumps({"address": h.address, "dashboard_url": h.dashboard_url}))
-        print("unauthenticated:", unauthenticated_status(h))
