@@ -55,12 +55,12 @@ def test_default_training_and_generation_print_progress_and_no_noise(tmp_path, d
     assert len(foreign) <= MAX_FOREIGN_LINES, "\n".join(foreign)
 
     generate = run_job([str(REPO / "jobs" / "generate.py"), "--n", "8", "--checkpoint", str(runs / "digits")],
-                       cwd=tmp_path)  # the default's own sampler (31 network evaluations per sample)
+                       cwd=tmp_path)  # the default's own sampler (35 network evaluations per sample)
     foreign = check_lines(generate, "jobs/generate.py")
     progress = [line for line in generate if re.search(r"\[generate\] \d+/8 samples", line)]
     assert progress and "8/8 samples (100.0%)" in progress[-1]
     assert any("[generate] done: 8 samples" in line for line in generate)
     assert len(foreign) <= MAX_FOREIGN_LINES, "\n".join(foreign)
     manifest = json.loads((tmp_path / "runs" / "samples" / "digits" / "_manifest.json").read_text())
-    assert manifest["sampler"]["method"] == "pc" and manifest["nfe_per_sample"] == 31
-    assert any("pc on 11 ladder sigmas" in line and "31 NFE/sample" in line for line in generate)
+    assert manifest["sampler"]["method"] == "edm" and manifest["nfe_per_sample"] == 35
+    assert any("edm on 18 edm sigmas, churn=5" in line and "35 NFE/sample" in line for line in generate)
