@@ -362,11 +362,13 @@ def _train(loop_config: dict[str, Any]) -> None:
     if opts.torch_threads > 0:
         torch.set_num_threads(opts.torch_threads)
     tc = config.training
-    torch.manual_seed(tc.seed * 1000 + rank)
     run = Storage.from_uri(opts.run_uri, endpoint_url=opts.endpoint_url)
 
-    # Build state, restore.
+    # Build state, restore. Every rank starts from the same initial weights, so that the EMA
+    # (copied from them before DDP broadcasts rank 0's weights) is the same on every rank too.
+    torch.manual_seed(tc.seed * 1000)
     state = TrainState(config)
+    torch.manual_seed(tc.seed * 1000 + rank)  # per-rank draws of the streaming path's loss
     resumed_from = _restore(state, run, opts)
     if rank == 0 and resumed_from:
         _log(f"[train] resumed from {resumed_from} at step {state.step}")
