@@ -81,6 +81,9 @@ def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path, fast: list[str]) 
 
 def random_checkpoint(config_name: str, folder: Path) -> str:
     config = load_config(ROOT / "jobs" / "configs" / f"{config_name}.yaml")
+    if config.has_auto():
+        raise SystemExit(f"{config_name}: its auto values come from a dataset; pass --checkpoint of a trained run "
+                         "or a config without auto values (e.g. digits-ncsn)")
     torch.manual_seed(0)
     model = build_model(config)
     sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
@@ -121,7 +124,8 @@ def time_pipeline(checkpoint_uri: str, args: argparse.Namespace, actors: ActorPl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="checkpoint URI (default: the config's network, random weights)")
-    parser.add_argument("--config", default="digits")
+    parser.add_argument("--config", default="digits-ncsn",
+                        help="config of the random-weight network when no --checkpoint is given (no auto values)")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps-per-level", type=int, default=5)

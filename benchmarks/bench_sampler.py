@@ -6,7 +6,7 @@ same number L*T of bare forward passes of the same network at batch B, both unde
 around the network costs: 1.0 means nothing. Runs alternate and the best of ``--repeats``
 is kept for each side, to damp a noisy machine.
 
-    python benchmarks/bench_sampler.py [--configs digits,mnist] [--device cpu|cuda]
+    python benchmarks/bench_sampler.py [--configs digits-ncsn,mnist] [--device cpu|cuda]
         [--batch-size B] [--steps-per-level T] [--repeats R] [--precision fp32|bf16] [--compile]
 
 Prints one line per config and, last, one JSON object with every number.
@@ -36,6 +36,8 @@ def _sync(device: torch.device) -> None:
 
 def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     config = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml")
+    if config.has_auto():
+        raise SystemExit(f"{name}: its auto values come from a dataset; choose a config without them (e.g. digits-ncsn)")
     model = build_model(config).to(device).eval()
     score_fn = make_score_fn(model, precision=args.precision, compile=args.compile)
     sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels).to(device)
@@ -99,7 +101,7 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="digits,mnist")
+    parser.add_argument("--configs", default="digits-ncsn,mnist", help="configs without auto values")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's (16 on CPU)")
     parser.add_argument("--steps-per-level", type=int, default=None, help="default: 100 on CUDA, 2 on CPU")

@@ -38,7 +38,8 @@ import torch  # noqa: E402
 
 from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
 from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
-from ncsn_ray.data.format import read_manifest  # noqa: E402
+from ncsn_core.config import resolve_auto  # noqa: E402
+from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
 from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
 from ncsn_ray.io.storage import Storage  # noqa: E402
 from ncsn_ray.train.job import TrainOptions, run  # noqa: E402
@@ -148,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             ensure_prepared(config.data.dataset, data_uri, log=lambda *a: None)
         storage = Storage.from_uri(data_uri)
-        images = read_images(storage, read_manifest(storage))
+        manifest = read_manifest(storage)
+        images = read_images(storage, manifest)
+        if config.has_auto():  # NCSNv2 configs: resolved from the data, as the training job resolves them
+            config, _ = resolve_auto(config, max_distance=dataset_max_distance(storage, manifest)[0],
+                                     dimension=manifest.channels * manifest.height * manifest.width)
         timed = max(args.steps - args.log_every, args.log_every)
         if args.levers:
             print(describe())
