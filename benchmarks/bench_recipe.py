@@ -36,7 +36,7 @@ from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigma
 from ncsn_core.config import resolve_auto  # noqa: E402
 from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
 from ncsn_ray.data.global_batches import GlobalBatches  # noqa: E402
-from ncsn_ray.data.ingest import augment, read_images  # noqa: E402
+from ncsn_ray.data.ingest import read_images, step_inputs  # noqa: E402
 from ncsn_ray.data.prepare import ensure_prepared  # noqa: E402
 from ncsn_ray.io.figures import curve_plot, save_png  # noqa: E402
 from ncsn_ray.io.layout import default_data_uri  # noqa: E402
@@ -104,11 +104,9 @@ def train_recipe(name: str, config, images: torch.Tensor, eval_every: int, n: in
         model.train()
         while step < stop:
             step += 1
-            d = batches.draws(step)
-            x = augment(d.images, dequantize=config.data.dequantize, random_flip=config.data.random_flip,
-                        uniform=d.uniform, flip=d.flip)
+            x, draws = step_inputs(batches, step, config)
             train_step(model, optimizer, loss_fn, x, sigmas, ema=ema, grad_clip=tc.grad_clip,
-                       anneal_power=tc.anneal_power, levels=d.levels, noise=d.noise)
+                       anneal_power=tc.anneal_power, **draws)
         trained_s += time.perf_counter() - started
         row = {"recipe": name, "step": step, "train_s": round(trained_s, 1), "images": step * tc.batch_size,
                "images_per_s": round(step * tc.batch_size / trained_s, 1), **score_ema(config, ema.module, sigmas, n)}

@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ncsn_core.config import Config
+
 from .format import DatasetManifest, decode_images, iter_tables
+from .global_batches import GlobalBatches
 from ..io.storage import Storage
 
-__all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches", "read_images", "fits_in_memory"]
+__all__ = ["build_train_dataset", "decode_batch", "augment", "WorkerBatches", "read_images", "fits_in_memory",
+           "step_inputs"]
 
 
 def decode_batch(batch: dict[str, Any], channels: int) -> dict[str, np.ndarray]:
@@ -79,6 +83,18 @@ def augment(
             flip = torch.rand((x.shape[0],), generator=generator, device=x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     return x
+
+
+def step_inputs(batches: "GlobalBatches", step: int, config: Config) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(x, loss keyword arguments)`` of step ``step`` (1-based) on the in-memory path: this
+    worker's augmented float batch and the draws its loss takes from outside (levels and
+    noise for DSM; SSM's projections from the step's generator)."""
+    d = batches.draws(step)
+    x = augment(d.images, dequantize=config.data.dequantize, random_flip=config.data.random_flip,
+                uniform=d.uniform, flip=d.flip)
+    if config.training.loss == "dsm":
+        return x, {"levels": d.levels, "noise": d.noise}
+    return x, {"levels": d.levels, "generator": batches.loss_generator(step)}
 
 
 class WorkerBatches:

@@ -232,13 +232,14 @@ def _execute(actor_cls: type, constructor_kwargs: dict[str, Any], pending: list[
     strategy, size = plan.strategy(len(pending))
     log(f"{progress.prefix} {len(pending)} shard(s) to compute on {size} actor(s) "
         f"({plan.cpus_per_actor:g} CPU{', 1 GPU' if plan.use_gpu else ''} each)")
+    fault_env = faults.runtime_env()  # empty unless a reliability test asks for a fault
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         actor_cls,
         batch_size=1,
         compute=strategy,
         fn_constructor_kwargs={**constructor_kwargs, "board": board},
         **plan.remote_args(),
-        **({"runtime_env": faults.runtime_env()} if faults.runtime_env() else {}),  # reliability tests only
+        **({"runtime_env": fault_env} if fault_env else {}),
     )
     stop = threading.Event()
 

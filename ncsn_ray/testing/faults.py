@@ -17,6 +17,7 @@ job's output folder, so the replacement process carries on.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -30,8 +31,15 @@ KNOWN = {"train.kill_worker_at_step", "train.rank_digests", "sample.fail_after_s
 
 
 def _plan() -> dict[str, str]:
+    return _parse(os.environ.get(ENV, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(raw: str) -> dict[str, str]:
+    """The fault plan of one value of the variable (parsed once: the training loop asks at
+    every step)."""
     entries: dict[str, str] = {}
-    for entry in os.environ.get(ENV, "").split(","):
+    for entry in raw.split(","):
         name, _, setting = entry.strip().partition("=")
         if not name:
             continue

@@ -48,7 +48,7 @@ from ..sample.sampler import Sampler, SamplerSettings, preview_grid
 from ..io.storage import Storage
 from ..data.format import read_manifest
 from ..data.global_batches import GlobalBatches
-from ..data.ingest import WorkerBatches, augment, read_images
+from ..data.ingest import WorkerBatches, augment, read_images, step_inputs
 
 __all__ = ["WorkerOptions", "NonFiniteLossError", "train_loop_per_worker"]
 
@@ -310,15 +310,7 @@ def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, ran
         batches = GlobalBatches(images, global_batch=per_worker * world, seed=tc.seed,
                                 num_levels=config.noise.num_levels, rank=rank, world=world)
 
-        def next_in_memory(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-            d = batches.draws(step)
-            x = augment(d.images, dequantize=data_cfg.dequantize, random_flip=data_cfg.random_flip,
-                        uniform=d.uniform, flip=d.flip)
-            if tc.loss == "dsm":
-                return x, {"levels": d.levels, "noise": d.noise}
-            return x, {"levels": d.levels, "generator": batches.loss_generator(step)}
-
-        return next_in_memory
+        return lambda step: step_inputs(batches, step, config)
 
     stream = iter(WorkerBatches(ray.train.get_dataset_shard("train"), per_worker, device))
     aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + start_step)
