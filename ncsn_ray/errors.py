@@ -32,7 +32,8 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "NcsnError",
@@ -46,6 +47,7 @@ __all__ = [
     "exit_code",
     "run_job",
     "begin_work",
+    "preliminary_work",
 ]
 
 EXIT_OK = 0
@@ -149,6 +151,17 @@ def begin_work() -> None:
     docstring): from here on, a failure exits 1 and says that re-running resumes."""
     global _work_begun
     _work_begun = True
+
+
+@contextmanager
+def preliminary_work() -> Iterator[None]:
+    """Run a piece of work that a job does before its own checks are finished (training's
+    automatic data preparation): a failure inside it exits 1 like any work that has begun,
+    but once it has finished the job's remaining checks are input checks again (exit 2)."""
+    global _work_begun
+    before = _work_begun
+    yield
+    _work_begun = before
 
 
 def _one_line(err: BaseException) -> str:

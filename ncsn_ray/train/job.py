@@ -25,7 +25,7 @@ from ncsn_core.config import Config
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
 from ..console import Log
 from ..data.format import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
-from ..errors import UserError, begin_work
+from ..errors import UserError, begin_work, preliminary_work
 from ..io.layout import DEFAULT_STORAGE, MANIFEST, STOPPED_FILE, default_data_uri, existing_name
 from ..cluster import FAKE_GPUS_ENV
 from ..io.storage import Storage
@@ -93,7 +93,8 @@ def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Stor
         from ..data.prepare import ensure_prepared
 
         log(f"[train] preparing {config.data.dataset} into {data_uri}")
-        ensure_prepared(config.data.dataset, data_uri, endpoint_url=options.endpoint_url, log=log)
+        with preliminary_work():
+            ensure_prepared(config.data.dataset, data_uri, endpoint_url=options.endpoint_url, log=log)
     manifest = read_manifest(data)
     verify_shards(data, manifest)
     expected = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -205,6 +206,8 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
         raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
     config = _load_config(options)
     name = options.name or config.name
+    run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
+    run_location.check_writable()  # before any data is prepared: a bad location costs nothing
     data, manifest = _resolve_data(options, config, log)
     if config.has_auto():
         config = _resolve_auto(config, data, manifest, log)
@@ -214,8 +217,6 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
             f"{max(per_worker, 1) * options.num_workers} images; {data.uri} has {manifest.num_rows}"
         )
-    run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
-    run_location.check_writable()
     resume = _check_run_compatible(run_location, config, options.allow_config_change, log)
     start_step = resume.step
     if start_step >= config.training.steps:
