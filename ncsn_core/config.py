@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -173,6 +174,14 @@ class Config:
         if (not self.has_auto() and self.noise.num_levels > 1
                 and not self.noise.sigma_max > self.noise.sigma_min):
             raise ConfigError(f"{source}: noise.sigma_max must exceed noise.sigma_min")
+        check_run_name(self.name, f"{source}: name")
+        for key, value, low, high in (("training.beta1", self.training.beta1, 0.0, 1.0),
+                                      ("training.weight_decay", self.training.weight_decay, 0.0, None),
+                                      ("training.anneal_power", self.training.anneal_power, 0.0, None),
+                                      ("training.seed", self.training.seed, 0, None)):
+            if value < low or (high is not None and value >= high):
+                where = f"[{low}, {high})" if high is not None else f">= {low}"
+                raise ConfigError(f"{source}: {key} must be {where}, got {value!r}")
         if not 0.0 <= self.training.ema_decay < 1.0:
             raise ConfigError(f"{source}: training.ema_decay must be in [0, 1), got {self.training.ema_decay}")
         if self.training.grad_clip is not None and self.training.grad_clip <= 0:
@@ -211,6 +220,18 @@ class Config:
             raise ConfigError(f"{source}: sampling.method={s.method}: the toy model samples with annealed_langevin")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str, source: str) -> str:
+    """A run's name is a folder name inside its storage: 1-128 letters, digits, ``.``, ``_``
+    and ``-``, starting with a letter or digit (so it can neither escape nor be empty)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{source} must be a folder name of up to 128 letters, digits, '.', '_' and '-' "
+                          f"starting with a letter or digit, got {name!r}")
+    return name
+
+
 SAMPLING_METHODS = ("annealed_langevin", "euler", "heun", "edm", "pc")
 
 
@@ -245,13 +266,18 @@ def _coerce(source: str, key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # no setting means "infinite": unbounded ones use null
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -296,9 +322,11 @@ def load_config(path: str | Path) -> Config:
     """Load a YAML config file (``yaml.safe_load``) into a validated :class:`Config`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file in UTF-8 ({err})") from err
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -13,7 +13,8 @@ Two kinds of expected failure, each a base class:
 bad input too. Anything else that escapes a job is an unexpected failure: exit code 1,
 printed as one line (set ``NCSN_DEBUG=1`` to see the traceback). Ctrl-C exits 130.
 
-The class decides the code only until the job begins its work: each job calls
+The class decides the code only until the job begins its work (the one exception is
+:class:`DamagedInput`, content that no re-run can read, which exits 2 whenever it is found): each job calls
 :func:`begin_work` once its checks have passed, just before it computes and writes its
 outputs. From then on every failure, whatever its class (a store that goes away raises the
 same :class:`~ncsn_ray.io.storage.StorageError` as a bad location does), exits 1 with
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterator
 __all__ = [
     "NcsnError",
     "UserError",
+    "DamagedInput",
     "JobFailed",
     "EXIT_OK",
     "EXIT_FAILED",
@@ -66,6 +68,13 @@ class UserError(NcsnError):
     """Bad input, found before anything was published (exit code 2)."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class DamagedInput(UserError):
+    """An input whose content is unusable: bytes that do not decode (an image, a Parquet
+    shard, a JSON file) or a file that contradicts its manifest. Reading it again gives the
+    same answer, so it is bad input (exit code 2) whenever it is found, also after the work
+    began: "re-run to resume" would be false advice. Nothing is published on it."""
 
 
 class JobFailed(NcsnError):
@@ -188,12 +197,13 @@ def run_job(job: str, body: Callable[[], Any], *, json_summary: bool = False) ->
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - every failure becomes one line and an exit code
         cause = root_cause(err)
-        code = EXIT_FAILED if _work_begun else exit_code(err)
+        damaged = isinstance(cause, DamagedInput)
+        code = EXIT_FAILED if _work_begun and not damaged else exit_code(err)
         if os.environ.get("NCSN_DEBUG"):
             traceback.print_exception(err)
         if isinstance(cause, (NcsnError, *_core_input_errors())):
             message = _one_line(cause)
-            if _work_begun and "re-run" not in message:
+            if _work_begun and not damaged and "re-run" not in message:
                 message += f" (the {job} job had begun; finished work is kept, re-run the same command to resume)"
         else:
             message = (

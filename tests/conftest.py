@@ -14,6 +14,17 @@ import uuid
 
 import pytest
 
+# Hypothesis (tests/test_fuzz_inputs.py): CI draws the same cases on every run and keeps no
+# example database in the checkout; HYPOTHESIS_PROFILE=explore draws new ones each run.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+    _hypothesis_settings.register_profile("explore", derandomize=False, database=None)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-key-id",
     "AWS_SECRET_ACCESS_KEY": "testing-secret",

@@ -21,13 +21,14 @@ Ids are stable: row k of the source gets id k, so a re-run writes identical shar
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import UserError
+from ..errors import DamagedInput, UserError
 from ..io.figures import decode_png, png_bytes
 from ..io.layout import MANIFEST
 from ..io.sharded import ShardedFolder
@@ -42,6 +43,8 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "decode_images",
+    "iter_images",
+    "DamagedDataset",
     "encode_rows",
     "verify_shards",
     "FOLDER",
@@ -57,6 +60,11 @@ class DatasetError(UserError):
     """A dataset that cannot be used (missing, incomplete, inconsistent); names the URI."""
 
 
+class DamagedDataset(DatasetError, DamagedInput):
+    """A dataset whose shard contents do not decode or contradict the manifest (exit 2 even
+    when found mid-run: see :class:`~ncsn_ray.errors.DamagedInput`)."""
+
+
 FOLDER = ShardedFolder(format="ncsn-dataset", version=1, noun="dataset", error=DatasetError)
 
 
@@ -66,6 +74,7 @@ class ShardInfo:
     num_rows: int
     first_id: int
     last_id: int
+    sha256: str | None = None  # of the shard's bytes (hex); None in manifests written before it was recorded
 
 
 @dataclass
@@ -84,30 +93,50 @@ class DatasetManifest:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], uri: str) -> "DatasetManifest":
-        """From a manifest :data:`FOLDER` has read (format and shard names checked)."""
-        try:
-            shards = [ShardInfo(**s) for s in raw["shards"]]
-            return cls(
-                name=str(raw["name"]),
-                height=int(raw["height"]),
-                width=int(raw["width"]),
-                channels=int(raw["channels"]),
-                num_rows=int(raw["num_rows"]),
-                shards=shards,
-                source=dict(raw.get("source") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise DatasetError(f"{uri}: malformed {MANIFEST} ({err})") from err
+        """From a manifest :data:`FOLDER` has read (format, version, shard names and row
+        counts checked): the shape, the ids and the total are checked here."""
+        where = f"{uri}: {MANIFEST}"
+        shape = [FOLDER.require_int(raw, key, where, minimum=1) for key in ("height", "width", "channels")]
+        if shape[2] not in (1, 3):
+            raise DatasetError(f"{where}: channels must be 1 or 3, got {shape[2]}")
+        num_rows = FOLDER.require_int(raw, "num_rows", where, minimum=1)
+        if not isinstance(raw.get("name"), str) or not isinstance(raw.get("source", {}), (dict, type(None))):
+            raise DatasetError(f"{where}: malformed (name must be a string, source a mapping)")
+        shards = []
+        for s in raw["shards"]:
+            known = {"path", "num_rows", "first_id", "last_id", "sha256"}
+            if set(s) - known:
+                raise DatasetError(f"{where}: shard {s['path']}: unknown keys {sorted(set(s) - known)}")
+            first, last = (FOLDER.require_int(s, key, f"{where}: shard {s['path']}") for key in ("first_id", "last_id"))
+            if last - first + 1 != s["num_rows"]:
+                raise DatasetError(f"{where}: shard {s['path']} holds ids {first}..{last} but {s['num_rows']} rows")
+            if s.get("sha256") is not None and not isinstance(s["sha256"], str):
+                raise DatasetError(f"{where}: shard {s['path']}: sha256 must be a string")
+            shards.append(ShardInfo(s["path"], s["num_rows"], first, last, s.get("sha256")))
+        if sum(shard.num_rows for shard in shards) != num_rows:
+            raise DatasetError(f"{where}: num_rows is {num_rows} but the shards hold "
+                               f"{sum(shard.num_rows for shard in shards)}")
+        return cls(name=raw["name"], height=shape[0], width=shape[1], channels=shape[2], num_rows=num_rows,
+                   shards=shards, source=dict(raw.get("source") or {}))
 
     def shard_paths(self, storage: Storage) -> list[str]:
         """Filesystem paths of the shards (for ``ray.data.read_parquet(..., filesystem=storage.fs)``)."""
         return [storage.full(s.path) for s in self.shards]
 
 
-def verify_shards(storage: Storage, manifest: "DatasetManifest") -> None:
+def verify_shards(storage: Storage, manifest: "DatasetManifest", *, contents: bool = False) -> None:
     """Every shard the manifest lists is there and holds the rows it says (Parquet footers
-    only); :class:`DatasetError` names the first that is missing or damaged."""
+    only); :class:`DatasetError` names the first that is missing or damaged. With
+    ``contents``, every shard is also read whole and its SHA-256 compared with the one the
+    manifest recorded (:class:`DamagedDataset` if it changed); a job does this before its
+    work begins when it reads the whole dataset anyway (training's in-memory path)."""
     FOLDER.check_rows(storage, [(shard.path, shard.num_rows) for shard in manifest.shards])
+    if not contents:
+        return
+    for shard in manifest.shards:
+        if shard.sha256 is not None and hashlib.sha256(storage.read_bytes(shard.path)).hexdigest() != shard.sha256:
+            raise DamagedDataset(f"{storage.uri_of(shard.path)}: the shard's bytes changed since the dataset was "
+                                 "prepared (SHA-256 differs from the manifest's); prepare the dataset again")
 
 
 def shard_name(index: int) -> str:
@@ -138,9 +167,40 @@ def read_manifest(storage: Storage) -> DatasetManifest:
     return DatasetManifest.from_json(raw, storage.uri)
 
 
-def decode_images(png_column: Iterable[bytes], channels: int) -> np.ndarray:
-    """PNG bytes -> ``(N, H, W, C)`` uint8."""
-    return np.stack([decode_png(b, channels) for b in png_column])
+def decode_images(png_column: Iterable[bytes], channels: int, *, size: tuple[int, int] | None = None,
+                  where: str = "a dataset shard") -> np.ndarray:
+    """PNG bytes -> ``(N, H, W, C)`` uint8, every image of ``size`` ``(H, W)`` when given
+    (else of one common size); :class:`DamagedDataset` naming ``where`` otherwise."""
+    images = []
+    for row, data in enumerate(png_column):
+        try:
+            image = decode_png(data, channels)
+        except DamagedInput as err:
+            raise DamagedDataset(f"{where}: row {row}: {err}") from None
+        expected = size or (images[0].shape[:2] if images else image.shape[:2])
+        if image.shape[:2] != tuple(expected):
+            raise DamagedDataset(f"{where}: row {row} is a {image.shape[0]}x{image.shape[1]} image, "
+                                 f"expected {expected[0]}x{expected[1]}")
+        images.append(image)
+    if not images:
+        return np.zeros((0, *(size or (0, 0)), channels), np.uint8)
+    return np.stack(images)
+
+
+def iter_images(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The dataset's images shard by shard, in manifest order, as ``(n, H, W, C)`` uint8
+    arrays of the manifest's shape (at most ``limit`` images in all); a shard that does not
+    decode raises :class:`DamagedDataset` naming it."""
+    have = 0
+    for shard in manifest.shards:
+        if limit is not None and have >= limit:
+            return
+        rows = storage.read_table(shard.path, schema=SCHEMA, columns=["image"]).column("image").to_pylist()
+        if limit is not None:
+            rows = rows[: limit - have]
+        yield decode_images(rows, manifest.channels, size=(manifest.height, manifest.width),
+                            where=storage.uri_of(shard.path))
+        have += len(rows)
 
 
 MAX_DISTANCE_ROWS = 4096  # above this many images the largest distance is taken over a subset
@@ -165,14 +225,8 @@ def dataset_max_distance(storage: Storage, manifest: DatasetManifest) -> tuple[f
     recorded = manifest.source.get("max_pairwise_distance")
     if isinstance(recorded, (int, float)):
         return float(recorded), int(manifest.source.get("max_pairwise_distance_rows", manifest.num_rows))
-    parts, have = [], 0
-    for table in iter_tables(storage, manifest):
-        images = decode_images(table.column("image").to_pylist()[: MAX_DISTANCE_ROWS - have], manifest.channels)
-        parts.append(images.reshape(len(images), -1) / 255.0)
-        have += len(images)
-        if have >= MAX_DISTANCE_ROWS:
-            break
-    flat = np.concatenate(parts)
+    flat = np.concatenate([images.reshape(len(images), -1) / 255.0
+                           for images in iter_images(storage, manifest, MAX_DISTANCE_ROWS)])
     return max_pairwise_distance(flat), len(flat)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ncsn_core.config import Config
 
-from .format import DatasetManifest, decode_images, iter_tables
+from .format import DatasetManifest, decode_images, iter_images
 from .global_batches import GlobalBatches
 from ..io.storage import Storage
 
@@ -44,8 +44,7 @@ def fits_in_memory(manifest: DatasetManifest, cache: str, limit_bytes: int) -> b
 
 def read_images(storage: Storage, manifest: DatasetManifest) -> torch.Tensor:
     """Every image of a prepared dataset, in manifest order: ``(N, C, H, W)`` uint8 (CPU)."""
-    parts = [decode_images(table.column("image").to_pylist(), manifest.channels) for table in
-             iter_tables(storage, manifest)]
+    parts = list(iter_images(storage, manifest))
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts).transpose(0, 3, 1, 2)))
 
 

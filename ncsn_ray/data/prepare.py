@@ -26,6 +26,7 @@ without any user-info part; endpoints and credentials are never logged.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
@@ -210,11 +211,12 @@ def prepare_dataset(
         ids = existing.get(info.path)
         if reuse and ids is not None and _ids_match(ids, first, stop):
             kept += 1
+            info.sha256 = hashlib.sha256(storage.read_bytes(info.path)).hexdigest()
             log(f"shard {k + 1}/{num_shards} kept: {info.num_rows} rows already present")
             written = False
         else:
             images, labels = source.read(first, stop)
-            storage.write_table(info.path, encode_rows(images, range(first, stop), labels))
+            info.sha256 = storage.write_table(info.path, encode_rows(images, range(first, stop), labels))
             written_rows += info.num_rows
             rate = written_rows / max(time.perf_counter() - t0, 1e-9)
             log(f"shard {k + 1}/{num_shards} written: {info.num_rows} rows ({rate:,.0f} rows/s)")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import DamagedInput, UserError
 
 __all__ = [
     "DATASETS",
@@ -88,6 +88,10 @@ _LAYOUT_HINTS = {
 
 class SourceError(UserError):
     """A source that cannot be read: missing files, an unreadable image (named), bad contents."""
+
+
+class DamagedSource(SourceError, DamagedInput):
+    """A source file that does not decode (named); exit 2 even mid-preparation."""
 
 
 class SourceUsageError(SourceError):
@@ -394,7 +398,7 @@ def load_image(path: str, *, channels: int, crop: int | str, size: int) -> np.nd
             img.load()
             img = _to_mode(img, channels)
     except Exception as err:  # PIL raises OSError, ValueError, DecompressionBombError, SyntaxError...
-        raise SourceError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        raise DamagedSource(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     w, h = img.size
     side_w, side_h = (min(w, h), min(w, h)) if crop == "square" else (int(crop), int(crop))
     if (side_w, side_h) != (w, h):

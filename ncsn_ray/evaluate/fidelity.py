@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.format import DatasetManifest, decode_images, iter_tables
+from ..data.format import DatasetManifest, iter_images
 from ..errors import UserError
 from ..io.layout import FIDELITY_CACHE
 from ..io.storage import Storage, StorageError
@@ -170,16 +170,7 @@ def _sync_cache_up(cache: Storage, key: str, local: Path, before: set[str]) -> l
 
 def _load_reference(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> np.ndarray:
     """The reference images in id order, ``(N, H, W, C)`` uint8; only the first ``limit`` if given."""
-    parts, have = [], 0
-    for table in iter_tables(storage, manifest):
-        if limit is not None and have >= limit:
-            break
-        rows = table.column("image").to_pylist()
-        if limit is not None:
-            rows = rows[: limit - have]
-        parts.append(decode_images(rows, manifest.channels))
-        have += len(rows)
-    return np.concatenate(parts)
+    return np.concatenate(list(iter_images(storage, manifest, limit)))
 
 
 def inception_scores(

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import DamagedInput
+
 __all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "scatter_panel", "field_panel", "hstack_panels",
            "loss_plot", "curve_plot"]
 
@@ -33,10 +35,14 @@ def png_bytes(image_hwc: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes, channels: int) -> np.ndarray:
-    """PNG bytes -> ``(H, W, channels)`` uint8."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        arr = np.asarray(img, dtype=np.uint8)
+    """PNG bytes -> ``(H, W, channels)`` uint8; :class:`~ncsn_ray.errors.DamagedInput` if the
+    bytes do not decode (the caller's message names the file)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise DamagedInput(f"image bytes do not decode ({type(err).__name__}: {err})") from None
     return arr[..., None] if channels == 1 else arr
 
 

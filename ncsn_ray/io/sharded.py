@@ -71,9 +71,29 @@ class ShardedFolder:
         raw = storage.read_json(name)
         if not isinstance(raw, dict) or raw.get("format") != self.format:
             raise self.error(f"{storage.uri}: {MANIFEST} is not an ncsn {self.noun} manifest")
+        version = raw.get("version")
+        if not _is_int(version) or not 1 <= version <= self.version:
+            raise self.error(f"{storage.uri}: {name} has version {version!r}; this release reads "
+                             f"{self.noun} manifests of version 1 to {self.version}")
         shards = raw.get("shards")
         if not isinstance(shards, list):
             raise self.error(f"{storage.uri}: {name} lists no shards")
+        seen: set[str] = set()
         for shard in shards:
-            self.check_shard_name(shard.get("path") if isinstance(shard, dict) else None, storage.uri)
+            path = self.check_shard_name(shard.get("path") if isinstance(shard, dict) else None, storage.uri)
+            if path in seen:
+                raise self.error(f"{storage.uri}: {name} lists shard {path} twice")
+            seen.add(path)
+            self.require_int(shard, "num_rows", f"{storage.uri}: {name}: shard {path}")
         return name, raw
+
+    def require_int(self, raw: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
+        """``raw[key]``, which must be an integer (not a bool) of at least ``minimum``."""
+        value = raw.get(key)
+        if not _is_int(value) or value < minimum:
+            raise self.error(f"{where}: {key} must be an integer of at least {minimum}, got {value!r}")
+        return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -19,6 +19,7 @@ s3fs's own retry loop is limited to :data:`S3FS_RETRIES` rounds on top.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -33,17 +34,22 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..errors import UserError
+from ..errors import DamagedInput, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["Storage", "StorageError", "resolve_filesystem", "endpoint_from_env", "utc_timestamp",
+__all__ = ["Storage", "StorageError", "DamagedFile", "resolve_filesystem", "endpoint_from_env", "utc_timestamp",
            "describe_storage_error"]
 
 
 class StorageError(UserError):
     """A storage location that cannot be used; the message names the URI."""
+
+
+class DamagedFile(StorageError, DamagedInput):
+    """A file that was read whole but does not decode (not JSON, not Parquet): bad input
+    whenever it is found (see :class:`~ncsn_ray.errors.DamagedInput`)."""
 
 
 def utc_timestamp() -> str:
@@ -296,7 +302,7 @@ class Storage:
         try:
             return json.loads(data)
         except ValueError as err:
-            raise StorageError(f"{self.uri_of(rel)}: not valid JSON ({err})") from err
+            raise DamagedFile(f"{self.uri_of(rel)}: not valid JSON ({err})") from err
 
     def write_json(self, rel: str, value: Any) -> None:
         self.write_bytes(rel, json_bytes(value))
@@ -309,15 +315,18 @@ class Storage:
         try:
             return pq.read_table(io.BytesIO(data), schema=schema, columns=columns)
         except (pa.ArrowException, OSError, ValueError) as err:
-            raise StorageError(f"{self.uri_of(rel)}: not a readable Parquet file ({err})") from err
+            raise DamagedFile(f"{self.uri_of(rel)}: not a readable Parquet file ({err})") from err
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
-        """Write a table as one Parquet object (zstd); never visible half-written."""
+    def write_table(self, rel: str, table: pa.Table) -> str:
+        """Write a table as one Parquet object (zstd); never visible half-written. Returns
+        the SHA-256 (hex) of the bytes written, for a manifest to record."""
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
-        self.write_bytes(rel, sink.getvalue())
+        data = sink.getvalue()
+        self.write_bytes(rel, data)
+        return hashlib.sha256(data).hexdigest()
 
     def parquet_num_rows(self, rel: str) -> int:
         """Rows in a Parquet file, from its footer (a ranged read on object storage)."""

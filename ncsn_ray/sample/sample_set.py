@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..errors import UserError
+from ..errors import DamagedInput, UserError
 from ..io.figures import decode_png
 from ..io.layout import JOB_SPEC, MANIFEST, existing_name
 from ..io.sharded import ShardedFolder
@@ -80,6 +80,11 @@ INPAINT_SCHEMA = pa.schema(
 
 class SampleSetError(UserError):
     """A sample set that cannot be written or read as asked; the message names the URI."""
+
+
+class DamagedSampleSet(SampleSetError, DamagedInput):
+    """A sample set whose shards do not decode (exit 2 even mid-run: see
+    :class:`~ncsn_ray.errors.DamagedInput`)."""
 
 
 FOLDER = ShardedFolder(format="ncsn-samples", version=1, noun="sample-set", error=SampleSetError)
@@ -267,6 +272,15 @@ def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> 
     _, manifest = FOLDER.read_manifest(storage, absent=f"{storage.uri}: not a complete sample set ({hint})")
     if kind is not None and manifest.get("kind") != kind:
         raise SampleSetError(f"{storage.uri}: a {manifest.get('kind')!r} sample set, expected {kind!r}")
+    where = f"{storage.uri}: {MANIFEST}"
+    height, width, channels = (FOLDER.require_int(manifest, key, where, minimum=1)
+                               for key in ("height", "width", "channels"))
+    if channels not in (1, 3):
+        raise SampleSetError(f"{where}: channels must be 1 or 3, got {channels}")
+    count = FOLDER.require_int(manifest, "count", where, minimum=1)
+    held = sum(shard["num_rows"] for shard in manifest["shards"])
+    if held != count:
+        raise SampleSetError(f"{where}: count is {count} but the shards hold {held} rows")
     return manifest
 
 
@@ -279,7 +293,10 @@ def iter_sample_images(storage: Storage, manifest: dict[str, Any]) -> Iterator[t
         except StorageError as err:
             raise SampleSetError(f"{storage.uri_of(shard['path'])}: unreadable shard ({err})") from err
         seeds = table.column("seed").to_numpy()
-        images = np.stack([decode_png(b, channels) for b in table.column("image").to_pylist()])
+        try:
+            images = np.stack([decode_png(b, channels) for b in table.column("image").to_pylist()])
+        except (DamagedInput, ValueError) as err:  # ValueError: images of different sizes
+            raise DamagedSampleSet(f"{storage.uri_of(shard['path'])}: {err}") from None
         yield seeds, images
 
 

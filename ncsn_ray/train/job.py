@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ncsn_core import apply_overrides, load_config
-from ncsn_core.config import resolve_auto
+from ncsn_core.config import check_run_name, resolve_auto
 from ncsn_core.config import Config
 
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
@@ -205,9 +205,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     if options.data_cache not in ("auto", "on", "off"):
         raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
     config = _load_config(options)
-    name = options.name or config.name
-    run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
-    run_location.check_writable()  # before any data is prepared: a bad location costs nothing
+    name = check_run_name(options.name, "--name") if options.name is not None else config.name
     data, manifest = _resolve_data(options, config, log)
     if config.has_auto():
         config = _resolve_auto(config, data, manifest, log)
@@ -217,6 +215,11 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
             f"{max(per_worker, 1) * options.num_workers} images; {data.uri} has {manifest.num_rows}"
         )
+    in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
+    if in_memory:  # the workers read every shard whole: check them against the manifest first
+        verify_shards(data, manifest, contents=True)
+    run_location = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url).child(name)
+    run_location.check_writable()
     resume = _check_run_compatible(run_location, config, options.allow_config_change, log)
     start_step = resume.step
     if start_step >= config.training.steps:
@@ -229,7 +232,6 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     begin_work()
     started_ray = init_ray(log=log)
     try:
-        in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
         cpus, threads = _worker_resources(options, cluster_cpus(), not in_memory, log)
         worker = WorkerOptions(
             run_uri=run_location.uri, endpoint_url=options.endpoint_url,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ncsn_ray.testing.digests import tensors_digest, training_state_digests  # noqa: F401 - re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[2]
 
 TINY_CONFIG = {
@@ -31,38 +33,3 @@ def write_tiny_config(folder: Path, **sections) -> Path:
 
 def metrics(run_folder: Path) -> list[dict]:
     return [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def tensors_digest(value) -> str:
-    """SHA-256 over every tensor in a (nested) state dict, with its key path: equal digests
-    mean bit-identical weights, EMA or optimiser state."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-
-    def visit(path: str, item) -> None:
-        if isinstance(item, dict):
-            for key in sorted(item, key=str):
-                visit(f"{path}/{key}", item[key])
-        elif isinstance(item, (list, tuple)):
-            for index, element in enumerate(item):
-                visit(f"{path}/{index}", element)
-        elif torch.is_tensor(item):
-            h.update(path.encode())
-            h.update(item.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(f"{path}={item!r}".encode())
-
-    visit("", value)
-    return h.hexdigest()
-
-
-def training_state_digests(checkpoint_file: Path) -> dict[str, str]:
-    """``{"model", "ema", "optimizer"}`` digests of a checkpoint file."""
-    from ncsn_core import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_file)
-    return {"model": tensors_digest(ckpt.model_state), "ema": tensors_digest(ckpt.ema_state),
-            "optimizer": tensors_digest(ckpt.optimizer_state)}
