@@ -73,6 +73,41 @@ def quiet_ray_data() -> None:
                 handler.addFilter(_NoReraisedTracebacks())
 
 
+class _OneLineFailures(logging.Filter):
+    """Ray Train logs a failure it then recovers from with a whole traceback: the worker's
+    "Error in training function:" (a store outage while checkpointing, say) and the
+    controller's "Graceful shutdown of backend failed. This is expected if one of the
+    workers has crashed." Both are followed by a restart from the last checkpoint, and a
+    failure that is not recovered reaches the driver, which prints it as one ``error:``
+    line. Keep each record as one line (its first line and the exception's), without the
+    traceback; ``NCSN_DEBUG=1`` in the workers' environment keeps everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("NCSN_DEBUG"):
+            return True
+        record.exc_info, record.exc_text = None, None
+        message = record.getMessage()
+        if "Traceback (most recent call last)" in message:
+            lines = [line.strip() for line in message.splitlines() if line.strip()]
+            record.msg, record.args = f"{lines[0]} {lines[-1]} (NCSN_DEBUG=1 shows the traceback)", ()
+        return True
+
+
+_RECOVERED_FAILURE_LOGGERS = ("ray.train.v2._internal.callbacks.backend_setup", "ray.train.v2._internal.util")
+
+
+def quiet_worker_logs() -> None:
+    """``worker_process_setup_hook`` of every job's processes (see :func:`init_ray`): failures
+    that Ray Train recovers from print one line each, not a traceback."""
+    for name in _RECOVERED_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineFailures) for f in logger.filters):
+            logger.addFilter(_OneLineFailures())
+
+
+WORKER_SETUP_HOOK = "ncsn_ray.cluster.quiet_worker_logs"
+
+
 def init_ray(*, num_cpus: int | None = None, object_store_memory: int | None = None,
              log: Callable[[str], None] = print) -> bool:
     """Attach to ``RAY_ADDRESS`` if set, else start a local instance.
@@ -89,16 +124,18 @@ def init_ray(*, num_cpus: int | None = None, object_store_memory: int | None = N
         return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Merged with the runtime environment of `ray job submit`, if any.
+        ray.init(address=address, log_to_driver=True, runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK})
         log(f"[ray] attached to the cluster at {address}")
         quiet_ray_data()
         return True
-    kwargs = {"include_dashboard": True, "log_to_driver": True}
+    kwargs = {"include_dashboard": True, "log_to_driver": True,
+              "runtime_env": {"worker_process_setup_hook": WORKER_SETUP_HOOK}}
     if not _package_installed():
         # Workers of a local instance must import this checkout even when it is not installed.
         repo_root = str(Path(__file__).resolve().parents[1])
         pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
+        kwargs["runtime_env"]["env_vars"] = {"PYTHONPATH": pythonpath}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     if object_store_memory is not None:

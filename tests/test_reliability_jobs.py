@@ -10,7 +10,6 @@ already written; evaluation keeps the cached reference features.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -27,32 +26,13 @@ from ncsn_ray.data.format import read_manifest
 from ncsn_ray.sample.pipeline import ActorPlan
 from ncsn_ray.sample.sample_set import read_sample_manifest
 from ncsn_ray.io.storage import Storage
+from ncsn_ray.testing.stores import RestartableS3
 from support.data import digits_uint8, make_tiny_run, write_dataset, write_sample_set
 from support.jobs import load_job
 from support.s3 import list_keys, read_objects
 from support.train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.ray]
-
-
-class RestartableS3:
-    """A moto S3 server on a fixed loopback port that can be stopped and started again."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server = None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @pytest.fixture(scope="module")
