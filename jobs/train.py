@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
+    p.add_argument("--tracking", choices=("tensorboard", "none"), default="tensorboard",
+                   help="experiment tracking: TensorBoard event files in <run>/tensorboard (default), or none")
     p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
                    help="PACK workers onto few nodes (default) or SPREAD them across nodes")
     p.add_argument("--allow-config-change", action="store_true", help="resume a run with other learning settings "
@@ -80,6 +82,7 @@ def options_from(args: argparse.Namespace):
         use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, steps=args.steps,
         checkpoint_every=args.checkpoint_every, overrides=args.overrides, max_failures=args.max_failures,
         data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,
+        tracking=args.tracking,
         placement_strategy=args.placement_strategy, verbose=args.verbose,
         allow_config_change=args.allow_config_change,
 

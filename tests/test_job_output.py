@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from ncsn_ray.io.storage import Storage
+from ncsn_ray.train.tracking import read_events
+
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WORKER_PREFIX = re.compile(r"^\((?P<name>[^)]*?) pid=[^)]*\)\s*")
@@ -53,6 +56,10 @@ def test_default_training_and_generation_print_progress_and_no_noise(tmp_path, d
     assert any("[train] step 4/4" in line for line in train), "\n".join(train)
     assert any("[train] done at step 4" in line for line in train)
     assert len(foreign) <= MAX_FOREIGN_LINES, "\n".join(foreign)
+    # tracked by default: TensorBoard scalars and the preview grid in the run folder
+    events = read_events(Storage.from_uri(str(runs / "digits" / "tensorboard")))
+    assert {"loss", "images_per_s", "learning_rate"} <= set(events) and 4 in events["loss"]
+    assert events["samples"][4].startswith(b"\x89PNG")
 
     generate = run_job([str(REPO / "jobs" / "generate.py"), "--n", "8", "--checkpoint", str(runs / "digits")],
                        cwd=tmp_path)  # the default's own sampler (35 network evaluations per sample)

@@ -20,6 +20,7 @@ from ncsn_ray.train.checkpoints import list_checkpoints
 from ncsn_ray.data.prepare import prepare_dataset
 from ncsn_ray.io.storage import Storage
 from ncsn_ray.testing import faults
+from ncsn_ray.train.tracking import read_events
 from support.jobs import load_job
 from support.train_helpers import REPO, metrics, training_state_digests, write_tiny_config
 
@@ -97,6 +98,19 @@ def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(s
         assert got == expected, f"{name}: weights, EMA or Adam state differ from the uninterrupted run"
     final = load_checkpoint(killed / "checkpoint_00000008" / "checkpoint.pt")
     assert final.step == 8 and int(final.optimizer_state["state"][0]["step"]) == 8
+
+    # TensorBoard shows every step once (each attempt's event file purges what an earlier
+    # attempt logged past its checkpoint), with the uninterrupted run's curves.
+    straight_curves = read_events(Storage.from_uri(str(straight_run / "tensorboard")))
+    learned = [t for t in straight_curves if t == "loss" or t.startswith("loss_per_sigma/")]
+    assert sorted(straight_curves["loss"]) == list(range(1, 9)) and len(learned) == 1 + 3
+    assert list(straight_curves["learning_rate"].values()) == [pytest.approx(1e-3)] * 8
+    for name in ("resumed", "killed"):
+        folder = tmp_path / "runs" / name / "tensorboard"
+        assert len(list(folder.glob("events.out.tfevents*"))) >= 2, name
+        curves = read_events(Storage.from_uri(str(folder)))
+        for tag in learned:
+            assert curves[tag] == straight_curves[tag], (name, tag)
 
 
 @pytest.mark.timeout(400)

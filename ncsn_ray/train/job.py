@@ -22,6 +22,7 @@ from ncsn_core import apply_overrides, load_config
 from ncsn_core.config import check_run_name, resolve_auto
 from ncsn_core.config import Config
 
+from .tracking import TRACKERS
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
 from ..console import Log
 from ..data.format import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
@@ -60,6 +61,7 @@ class TrainOptions:
     data_cache: str = "auto"
     endpoint_url: str | None = None
     preview: bool = True
+    tracking: str = "tensorboard"  # tensorboard | none: event files in {run}/tensorboard (ncsn_ray.train.tracking)
     placement_strategy: str = "PACK"
     verbose: bool = False  # show Ray Train's own INFO lines
     allow_config_change: bool = False  # resume with other learning settings (lr, batch size, loss, ...)
@@ -202,6 +204,8 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     """Train (or resume) the run ``{storage}/{name}``; returns ``{"step", "run", ...}``."""
     if options.num_workers < 1:
         raise UserError(f"the number of workers must be at least 1, got {options.num_workers}")
+    if options.tracking not in TRACKERS:
+        raise UserError(f"tracking must be one of {', '.join(TRACKERS)}, got {options.tracking!r}")
     if options.data_cache not in ("auto", "on", "off"):
         raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
     config = _load_config(options)
@@ -237,6 +241,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             run_uri=run_location.uri, endpoint_url=options.endpoint_url,
             use_gpu=options.use_gpu and not os.environ.get(FAKE_GPUS_ENV),
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
+            tracking=options.tracking,
             verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "

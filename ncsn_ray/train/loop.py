@@ -45,6 +45,7 @@ from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STO
 from ..console import format_seconds
 from ..testing import faults
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
+from .tracking import TensorBoardLog
 from ..io.storage import Storage
 from ..data.format import read_manifest
 from ..data.global_batches import GlobalBatches
@@ -75,6 +76,7 @@ class WorkerOptions:
     data_uri: str = ""  # the prepared dataset (read directly by each worker on the in-memory path)
     in_memory: bool = True  # step-addressed batches over the whole dataset in memory; else Ray Data streaming
     preview: bool = True
+    tracking: str = "tensorboard"  # tensorboard | none (ncsn_ray.train.tracking)
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
@@ -181,10 +183,13 @@ class LossWindow:
 
 
 class RunRecord:
-    """Rank 0's outputs in the run folder: metrics lines, the loss plot, preview grids."""
+    """Rank 0's outputs in the run folder: metrics lines, the loss plot, preview grids, and
+    the TensorBoard event files (``tracking``: "tensorboard" or "none")."""
 
-    def __init__(self, run: Storage, config: Config, sigmas: torch.Tensor, start_step: int):
+    def __init__(self, run: Storage, config: Config, sigmas: torch.Tensor, start_step: int,
+                 tracking: str = "tensorboard"):
         self.run, self.config, self.sigmas = run, config, sigmas
+        self.tensorboard = TensorBoardLog(run, start_step, sigmas.tolist()) if tracking == "tensorboard" else None
         self.lines: list[str] = []
         if run.exists(METRICS_FILE):
             kept = [ln for ln in run.read_bytes(METRICS_FILE).decode().splitlines() if ln.strip()]
@@ -192,7 +197,7 @@ class RunRecord:
         self.start_step, self.started = start_step, time.perf_counter()
         self.loop_started_at = time.time()  # wall clock when this attempt's first step began
 
-    def log_window(self, step: int, window: dict[str, Any], global_batch: int) -> None:
+    def log_window(self, step: int, window: dict[str, Any], global_batch: int, learning_rate: float) -> None:
         tc = self.config.training
         images_per_s = window["steps"] * global_batch / max(window["seconds"], 1e-9)
         steps_per_s = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
@@ -202,6 +207,8 @@ class RunRecord:
                   "loop_started_at": round(self.loop_started_at, 3)}
         self.lines.append(json.dumps(record))
         self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        if self.tensorboard is not None:
+            self.tensorboard.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate)
         per_sigma = " ".join(f"{v:.3g}" if v is not None else "-" for v in window["per_sigma"])
         _log(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
              f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
@@ -231,7 +238,13 @@ class RunRecord:
         network.train(was_training)
         name = f"samples/step_{step:08d}.png"
         self.run.write_png(name, grid)
+        if self.tensorboard is not None:
+            self.tensorboard.image(step, grid)
         return self.run.uri_of(name)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -374,7 +387,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     per_worker = tc.batch_size // world
     next_batch = _batch_source(config, opts, device, rank, world, state.step)
     window = LossWindow(config.noise.num_levels, device)
-    record = RunRecord(run, config, state.sigmas, state.step) if rank == 0 else None
+    record = RunRecord(run, config, state.sigmas, state.step, opts.tracking) if rank == 0 else None
     if record is not None and opts.config_changes:
         record.note({"step": state.step, "config_change": opts.config_changes})
     if rank == 0:
@@ -394,7 +407,7 @@ def _train(loop_config: dict[str, Any]) -> None:
             continue
         stats = window.close(state.step, state.sigmas)
         if record is not None:
-            record.log_window(state.step, stats, per_worker * world)
+            record.log_window(state.step, stats, per_worker * world, state.optimizer.param_groups[0]["lr"])
         if checkpoint_due:
             if faults.enabled("train.rank_digests"):
                 _write_rank_digest(run, state, rank, state.step)
@@ -405,3 +418,5 @@ def _train(loop_config: dict[str, Any]) -> None:
                     url = record.write_preview(state, state.step, device)
                     _log(f"[train] checkpoint at step {state.step}; samples -> {url}")
             window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s
+    if record is not None:
+        record.close()

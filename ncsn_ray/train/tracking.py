@@ -1,0 +1,126 @@
+"""Experiment tracking: TensorBoard event files in the run folder, written by rank 0.
+
+Layout: ``{run}/tensorboard/events.out.tfevents.*``, one file per training attempt (a first
+run, each resume, each restart after a worker failure). TensorBoard reads a folder of event
+files as one run, so ``tensorboard --logdir {run}/tensorboard`` (or the parent folder, for
+several runs) shows a resumed run as one continuous curve. An attempt that starts from the
+step-k checkpoint opens its file with a *purge* at step k + 1 (``SessionLog.START``), which
+tells TensorBoard to drop whatever an earlier attempt logged past step k: a restart after a
+crash therefore shows no step twice.
+
+What is logged, at every log window: ``loss`` (the window's mean, weighted as trained),
+``loss_per_sigma/L{i}_sigma{value}`` (one per noise level), ``images_per_s`` and
+``learning_rate``; at every checkpoint: the preview grid as ``samples``. Steps are
+optimisation steps.
+
+The event file is written to a local temporary folder and copied whole into the run folder
+after every window, so the same code serves local disk and object storage (S3 has no
+append); a copy is small (hundreds of bytes per window).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..io.storage import Storage
+
+__all__ = ["TensorBoardLog", "TRACKING_FOLDER", "TRACKERS", "read_events"]
+
+TRACKING_FOLDER = "tensorboard"
+TRACKERS = ("tensorboard", "none")
+
+
+class TensorBoardLog:
+    """Rank 0's TensorBoard writer for the run folder ``run``, resuming after ``start_step``.
+
+    Events are written synchronously (tensorboardX's ``EventsWriter``, not its
+    ``SummaryWriter``, whose queue ``flush()`` does not drain), so every copy into the run
+    folder holds everything logged so far."""
+
+    def __init__(self, run: Storage, start_step: int, sigmas: Sequence[float]):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2
+
+        self._event_pb2 = event_pb2
+        self.run = run.child(TRACKING_FOLDER)
+        self.sigmas = [float(s) for s in sigmas]
+        self.local = Path(tempfile.mkdtemp(prefix="ncsn-tensorboard-"))
+        # time-ordered names (TensorBoard reads the files in name order), unique per attempt
+        self.writer = EventsWriter(str(self.local / "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+        if start_step > 0:  # TensorBoard drops what earlier files logged at or after this step
+            self.writer.write_event(event_pb2.Event(
+                wall_time=time.time(), step=start_step + 1,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+    def _write(self, step: int, summary) -> None:
+        self.writer.write_event(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def window(self, step: int, loss: float, per_sigma: Sequence[float | None], images_per_s: float,
+               learning_rate: float) -> None:
+        """The scalars of one log window, then a copy of the event file into the run folder."""
+        from tensorboardX.summary import scalar
+
+        self._write(step, scalar("loss", loss))
+        for i, (sigma, value) in enumerate(zip(self.sigmas, per_sigma)):
+            if value is not None:
+                self._write(step, scalar(f"loss_per_sigma/L{i:02d}_sigma{sigma:.4g}", value))
+        self._write(step, scalar("images_per_s", images_per_s))
+        self._write(step, scalar("learning_rate", learning_rate))
+        self.sync()
+
+    def image(self, step: int, grid: Any) -> None:
+        """A preview grid (a PIL image) as ``samples`` at ``step``."""
+        from tensorboardX.summary import image
+
+        self._write(step, image("samples", np.asarray(grid.convert("RGB")), dataformats="HWC"))
+        self.sync()
+
+    def sync(self) -> None:
+        """Flush, and copy this attempt's event file into ``{run}/tensorboard/``."""
+        self.writer.flush()
+        for path in sorted(self.local.iterdir()):
+            self.run.write_bytes(path.name, path.read_bytes())
+
+    def close(self) -> None:
+        self.sync()
+        self.writer.close()
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def read_events(folder: Storage) -> dict[str, dict[int, float | bytes]]:
+    """``{tag: {step: value}}`` of every event file in ``folder`` as TensorBoard shows them
+    (a scalar as a float, an image as its PNG bytes): files in name (time) order, a purge at
+    step p dropping earlier events at or after p. A reader for tests and scripts;
+    TensorBoard itself is not a dependency."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float | bytes]] = {}
+    for name in sorted(n for n in folder.list() if n.startswith("events.out.tfevents")):
+        for event in _records(folder.read_bytes(name), event_pb2.Event):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                for values in scalars.values():
+                    for step in [s for s in values if s >= event.step]:
+                        del values[step]
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[int(event.step)] = float(value.simple_value)
+                elif value.HasField("image"):
+                    scalars.setdefault(value.tag, {})[int(event.step)] = bytes(value.image.encoded_image_string)
+    return scalars
+
+
+def _records(data: bytes, message_type):
+    """The messages of a TFRecord byte string (length, length CRC, payload, payload CRC)."""
+    offset = 0
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset:offset + 8], "little")
+        payload = data[offset + 12:offset + 12 + length]
+        offset += 12 + length + 4
+        yield message_type.FromString(payload)
