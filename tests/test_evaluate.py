@@ -172,6 +172,10 @@ def test_cli_offline_without_weights_says_how_to_provide_them_then_runs_with_the
     assert "--inception-weights PATH" in offline.stderr and "weights-inception-2015-12-05-6726825d.pth" in offline.stderr
     assert "Traceback" not in offline.stderr
     assert not (samples / "_scores.json").exists()
+    # The same in-process (--no-ray): found before the work begins, so bad input too.
+    offline = subprocess.run([*args, "--no-ray"], capture_output=True, text=True, env=env, timeout=240)
+    assert offline.returncode == 2 and "cannot download the InceptionV3 weights" in offline.stderr, offline.stderr
+    assert "re-run" not in offline.stderr and not (samples / "_scores.json").exists()
 
     done = subprocess.run([*args, "--inception-weights", str(inception_weights), "--metrics", "fid", "--no-ray", "--json"],
                           capture_output=True, text=True, env=env, timeout=240)
