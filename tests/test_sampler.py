@@ -1,0 +1,66 @@
+"""``ncsn_ray.sample.sampler``, the sampler every job uses (generation actors, inpainting,
+training previews), on its own: no Ray, a tiny random network, seeds in and images out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncsn_core import ConfigError, build_model, config_from_dict, geometric_sigmas
+from ncsn_ray.sample.sampler import NonFiniteSamplesError, Sampler, SamplerSettings, check_finite, override_sampling
+
+CONFIG = config_from_dict({"name": "tiny", "data": {"dataset": "digits", "image_size": 8, "channels": 1},
+                           "model": {"kind": "ncsnv2", "ngf": 4},
+                           "noise": {"sigma_max": 1.0, "sigma_min": 0.05, "num_levels": 4},
+                           "sampling": {"steps_per_level": 3, "eps": 1e-4, "batch_size": 4}})
+
+
+def _sampler(config=CONFIG, calls: list | None = None) -> Sampler:
+    """A random tiny NCSNv2; ``calls`` collects the batch size of every network evaluation."""
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    if calls is not None:
+        model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    return Sampler(model, sigmas, SamplerSettings.from_config(config, use_ema=False), (1, 8, 8))
+
+
+@pytest.mark.parametrize("overrides", [[], ["sampling.method=edm", "sampling.steps=4", "sampling.schedule=edm",
+                                            "sampling.churn=5"]])
+def test_an_image_depends_on_its_seed_not_on_its_neighbours(overrides):
+    sampler = _sampler(override_sampling(CONFIG, overrides))
+    together = sampler.sample([10, 11, 12, 13])
+    assert together.shape == (4, 8, 8, 1) and together.dtype == np.uint8
+    again = sampler.sample([10, 11, 12, 13])
+    assert np.array_equal(together, again), "the same seeds give the same bytes"
+    # other neighbours in the batch, same seed: equal up to the last bit of a batched network
+    mixed = sampler.sample([99, 12, 98, 97])
+    assert np.abs(mixed[1].astype(int) - together[2].astype(int)).max() <= 1
+    assert not np.array_equal(together[0], together[1]), "different seeds give different images"
+
+
+@pytest.mark.parametrize("overrides", [[], ["sampling.method=edm", "sampling.steps=5", "sampling.schedule=edm"],
+                                       ["sampling.method=pc", "sampling.corrector_steps=2"]])
+def test_the_recorded_network_evaluations_are_the_ones_made(overrides):
+    calls: list[int] = []
+    sampler = _sampler(override_sampling(CONFIG, overrides), calls)
+    sampler.sample([1, 2])
+    assert len(calls) == sampler.nfe_per_sample and set(calls) == {2}  # one batched call per evaluation
+    if not overrides:
+        assert sampler.nfe_per_sample == 4 * 3  # L levels x T steps (Algorithm 1, no final denoise)
+
+
+def test_only_sampling_settings_may_change_at_sampling_time():
+    with pytest.raises(ConfigError, match="only sampling"):
+        override_sampling(CONFIG, ["training.lr=1"])
+    with pytest.raises(ConfigError):
+        override_sampling(CONFIG, ["sampling.method=nope"])
+
+
+def test_non_finite_samples_name_their_seeds():
+    x = torch.zeros(3, 1, 2, 2)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteSamplesError, match=r"seed\(s\) 41\b"):
+        check_finite(x, [40, 41, 42])
+    assert check_finite(torch.zeros(2, 4), [1, 2]).shape == (2, 4)
