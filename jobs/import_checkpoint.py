@@ -1,7 +1,9 @@
-"""Import a published checkpoint of the original NCSN or NCSNv2 code as a run of this project.
+"""Import a published checkpoint of the original NCSN or NCSNv2 code, or a safetensors
+weights file, as a run of this project.
 
     python jobs/import_checkpoint.py --format ncsn --config jobs/configs/cifar10.yaml \
         --in checkpoint.pth --out s3://bucket/runs/ncsn-cifar10-original [--step N]
+    python jobs/import_checkpoint.py --format safetensors --in digits.safetensors --out runs/digits-copy
 
 --in is the authors' checkpoint.pth (ermongroup/ncsn: [state_dict, optimizer_state_dict];
 ermongroup/ncsnv2 with --format ncsnv2: [state_dict, optimizer_state_dict, epoch, step,
@@ -9,6 +11,10 @@ ema_state]; network wrapped in DataParallel), a local path or a storage URI; it 
 with torch.load(..., weights_only=True). --config must describe the same network and noise
 ladder (the paper configs do). The run folder --out then works with jobs/generate.py
 --checkpoint and jobs/evaluate.py like a run trained here.
+
+--format safetensors reads a file of jobs/export.py (its config, noise ladder and step are in
+its metadata; --config overrides them, for a file made elsewhere with this project's tensor
+names). Loading a safetensors file executes no code.
 
 Exit status: 0 done, 2 bad input (a file that does not match the config names the first
 mismatched tensor and its shapes; nothing is written).
@@ -30,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(prog="jobs/import_checkpoint.py", description=head, epilog=tail,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--format", choices=("ncsn", "ncsnv2"), default="ncsn", help="where the checkpoint comes "
-                        "from (ncsn: ermongroup/ncsn; ncsnv2: ermongroup/ncsnv2)")
-    parser.add_argument("--config", required=True, help="this project's config describing the same network")
+    parser.add_argument("--format", choices=("ncsn", "ncsnv2", "safetensors"), default="ncsn",
+                        help="where the checkpoint comes from (ncsn: ermongroup/ncsn; ncsnv2: ermongroup/ncsnv2; "
+                        "safetensors: jobs/export.py)")
+    parser.add_argument("--config", help="this project's config describing the same network (required for ncsn "
+                        "and ncsnv2; a safetensors file of jobs/export.py carries its own)")
     parser.add_argument("--in", dest="source", required=True, help="the checkpoint file (path or URI)")
     parser.add_argument("--out", required=True, help="run folder to create (path or URI)")
     parser.add_argument("--step", type=int, help="step to record (default: the optimiser's step count in the file)")

@@ -182,6 +182,10 @@ def test_cli_offline_without_weights_says_how_to_provide_them_then_runs_with_the
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result["metrics"]) == {"frechet_inception_distance"} and result["metrics"]["frechet_inception_distance"] > 0
+    # a small-n FID is named with its n, and said not to compare with published 50k numbers
+    assert result["reported"] == {"fid@8": result["metrics"]["frechet_inception_distance"]}
+    assert result["comparable_with_published"] is False
+    assert "fid@8" in done.stdout and "not comparable with published 50k numbers" in done.stdout
     assert json.loads((samples / "_scores.json").read_text())["metrics"] == result["metrics"]
     assert (reference / CACHE_DIR).is_dir()
 

@@ -156,6 +156,7 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
             kid_subset_size=kid_subset_size, log=log)
         result["metrics"].update(scores)
         result.update(info, reference=inputs.reference.uri)
+        result.update(sample_size_labels(scores, inputs.n_samples))
     if "digits" in inputs.metrics:
         scores, details = _digits_scores(images, log)
         result["metrics"].update(scores)
@@ -165,7 +166,24 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
     inputs.samples.write_json(SCORES, result)
     pretty = ", ".join(f"{k} {v:.6g}" for k, v in result["metrics"].items())
     log(f"[evaluate] {pretty} ({seconds:.1f} s) -> {inputs.samples.uri_of(SCORES)}")
+    if result.get("reported"):
+        labelled = ", ".join(f"{k} {v:.6g}" for k, v in result["reported"].items())
+        note = ("" if result["comparable_with_published"] else
+                f": below {PUBLISHED_N:,} samples, not comparable with published {PUBLISHED_N // 1000}k numbers")
+        log(f"[evaluate] {labelled}{note}")
     return result
+
+
+PUBLISHED_N = 50_000  # the sample count of published FID, IS and KID numbers (NCSN, NCSNv2, EDM)
+_SHORT = {"frechet_inception_distance": "fid", "inception_score_mean": "is", "kernel_inception_distance_mean": "kid"}
+
+
+def sample_size_labels(scores: dict[str, float], n: int) -> dict[str, Any]:
+    """``{"reported": {"fid@n": ..., "is@n": ..., "kid@n": ...}, "comparable_with_published":
+    n >= 50,000}``: FID is biased upwards at small n (and IS and KID move with n), so a
+    number is reported with the n it was computed at."""
+    reported = {f"{short}@{n}": scores[key] for key, short in _SHORT.items() if key in scores}
+    return {"reported": reported, "comparable_with_published": n >= PUBLISHED_N} if reported else {}
 
 
 def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, num_cpus: float = 1,

@@ -19,6 +19,7 @@ checkpoint of this project's format into ``<out>/checkpoint_<step>/``, which
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ncsn_core import build_model, geometric_sigmas, load_config
+from ncsn_core import build_model, config_from_dict, geometric_sigmas, load_config
 from ncsn_core.checkpoint import checkpoint_bytes
 from ncsn_core.original_ncsn import to_project_names
 
@@ -37,7 +38,8 @@ from ..io.storage import Storage
 
 __all__ = ["ImportOptions", "run", "FORMATS"]
 
-FORMATS = {"ncsn": "ncsn", "ncsnv2": "ncsnv2"}  # format -> the model.kind its config must have
+# format -> the model.kind its config must have (safetensors: any; the file names its config)
+FORMATS = {"ncsn": "ncsn", "ncsnv2": "ncsnv2", "safetensors": None}
 
 
 @dataclass(kw_only=True)
@@ -48,7 +50,7 @@ class ImportOptions:
     count in the file's optimiser state, else 0)."""
 
     format: str = "ncsn"
-    config: str
+    config: str | None = None  # required except for safetensors files written by jobs/export.py
     source: str
     out: str
     step: int | None = None
@@ -108,17 +110,22 @@ def _check_against(model: torch.nn.Module, state: dict[str, torch.Tensor], uri: 
 
 
 def run(options: ImportOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write ``<out>/checkpoint_<step>/checkpoint.pt`` from an original checkpoint; a summary."""
+    """Write ``<out>/checkpoint_<step>/checkpoint.pt`` from an original checkpoint or a
+    safetensors weights file; a summary."""
     if options.format not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}, got {options.format!r}")
-    kind = FORMATS[options.format]
     if options.step is not None and options.step < 0:
         raise UserError(f"step must be non-negative, got {options.step}")
+    source = Storage.from_uri(options.source, endpoint_url=options.endpoint_url)
+    if options.format == "safetensors":
+        return _import_safetensors(options, source, log)
+    kind = FORMATS[options.format]
+    if options.config is None:
+        raise UserError(f"--config is needed for {options.format} checkpoints (the network and noise ladder)")
     config = load_config(options.config)
     if config.model.kind != kind or config.has_auto():
         raise UserError(f"{options.config}: {options.format} checkpoints need a config with model.kind: {kind} and "
                         "no auto values (the ladder of the checkpoint)")
-    source = Storage.from_uri(options.source, endpoint_url=options.endpoint_url)
     original = _read_original(source.read_bytes(), source.uri)
     state = to_project_names(original.state)
     model = build_model(config)
@@ -132,17 +139,60 @@ def run(options: ImportOptions, *, log: Callable[[str], None] = print) -> dict[s
         ema_model.load_state_dict(ema_state)
         ema = ema_model
     step = options.step if options.step is not None else (original.step or _adam_step(original.optimizer))
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    return _write_run(options, source, config, sigmas, model, ema, step, log)
+
+
+def _import_safetensors(options: ImportOptions, source: Storage, log: Callable[[str], None]) -> dict[str, Any]:
+    """A weights file of ``jobs/export.py`` (or any safetensors file with this project's
+    tensor names and a ``--config``): the config and the ladder come from its metadata
+    unless ``--config`` is given."""
+    from .export import read_weights_file
+
+    tensors, metadata = read_weights_file(source.read_bytes(), source.uri)
+    if options.config is not None:
+        config, described_by = load_config(options.config), options.config
+    elif "config" in metadata:
+        try:
+            config = config_from_dict(json.loads(metadata["config"]), f"{source.uri} (metadata)")
+        except ValueError as err:
+            raise UserError(f"{source.uri}: the config in its metadata is unusable ({err})") from err
+        described_by = "the config in its metadata"
+    else:
+        raise UserError(f"{source.uri} carries no config in its metadata; give --config for the network it holds")
+    if config.has_auto():
+        raise UserError(f"{described_by}: auto values left; give the resolved config (the one the run trained with)")
+    model = build_model(config)
+    _check_against(model, tensors, source.uri, described_by)
+    model.load_state_dict(tensors)
+    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    if "sigmas" in metadata and options.config is None:
+        try:
+            recorded = torch.tensor(json.loads(metadata["sigmas"]), dtype=sigmas.dtype)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{source.uri}: the sigmas in its metadata are unusable ({err})") from err
+        if recorded.shape != sigmas.shape:
+            raise UserError(f"{source.uri}: {recorded.numel()} sigmas in its metadata, "
+                            f"{config.noise.num_levels} in its config")
+        sigmas = recorded
+    recorded_step = metadata.get("step", "0")
+    step = options.step if options.step is not None else (int(recorded_step) if recorded_step.isdigit() else 0)
+    return _write_run(options, source, config, sigmas, model, None, step, log)
+
+
+def _write_run(options: ImportOptions, source: Storage, config, sigmas: torch.Tensor, model: torch.nn.Module,
+               ema: torch.nn.Module | None, step: int, log: Callable[[str], None]) -> dict[str, Any]:
     out = Storage.from_uri(options.out, endpoint_url=options.endpoint_url)
     if list_checkpoints(out):
         raise UserError(f"{out.uri} already holds checkpoints; import into a new run folder")
-    sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
     folder = f"checkpoint_{step:08d}"
     begin_work()
     out.write_bytes(f"{folder}/{CHECKPOINT_FILE}",
                     checkpoint_bytes(model=model, config=config, sigmas=sigmas, ema=ema, step=step))
     out.write_bytes(f"{folder}/{STEP_FILE}", f"{step}\n".encode())
+    tensors = len(model.state_dict())
     parameters = sum(t.numel() for t in model.parameters())
-    log(f"[import] {source.uri}: {len(state)} tensors ({parameters:,} parameters), step {step}"
+    log(f"[import] {source.uri}: {tensors} tensors ({parameters:,} parameters), step {step}"
         f"{', with EMA' if ema is not None else ''} -> {out.uri_of(folder)}/{CHECKPOINT_FILE}")
     return {"out": out.uri, "checkpoint": out.uri_of(f"{folder}/{CHECKPOINT_FILE}"), "step": step,
-            "tensors": len(state), "parameters": parameters}
+            "tensors": tensors, "parameters": parameters}
