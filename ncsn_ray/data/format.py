@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DamagedInput, UserError
-from ..io.figures import decode_png, png_bytes
+from ..io.figures import decode_pngs, png_bytes
 from ..io.layout import MANIFEST
 from ..io.sharded import ShardedFolder
 from ..io.storage import Storage
@@ -171,20 +171,10 @@ def decode_images(png_column: Iterable[bytes], channels: int, *, size: tuple[int
                   where: str = "a dataset shard") -> np.ndarray:
     """PNG bytes -> ``(N, H, W, C)`` uint8, every image of ``size`` ``(H, W)`` when given
     (else of one common size); :class:`DamagedDataset` naming ``where`` otherwise."""
-    images = []
-    for row, data in enumerate(png_column):
-        try:
-            image = decode_png(data, channels)
-        except DamagedInput as err:
-            raise DamagedDataset(f"{where}: row {row}: {err}") from None
-        expected = size or (images[0].shape[:2] if images else image.shape[:2])
-        if image.shape[:2] != tuple(expected):
-            raise DamagedDataset(f"{where}: row {row} is a {image.shape[0]}x{image.shape[1]} image, "
-                                 f"expected {expected[0]}x{expected[1]}")
-        images.append(image)
-    if not images:
-        return np.zeros((0, *(size or (0, 0)), channels), np.uint8)
-    return np.stack(images)
+    try:
+        return decode_pngs(list(png_column), channels, size)
+    except DamagedInput as err:
+        raise DamagedDataset(f"{where}: {err}") from None
 
 
 def iter_images(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> Iterator[np.ndarray]:

@@ -138,7 +138,8 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise FidelityError("device cuda: no CUDA device here")
-    if inputs.inception and not (inception_weights and not Storage.from_uri(inception_weights).is_local):
+    remote_weights = bool(inception_weights) and not Storage.from_uri(inception_weights).is_local
+    if inputs.inception and not remote_weights:
         # a missing local file (or a failed download into the hub cache) is bad input, found
         # before the work begins; a remote file is fetched once, by inception_scores
         resolve_inception_weights(inception_weights, endpoint_url=endpoint, log=log)

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import DamagedInput
 
-__all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "scatter_panel", "field_panel", "hstack_panels",
+__all__ = ["to_uint8", "image_grid", "png_bytes", "decode_png", "decode_pngs", "scatter_panel", "field_panel", "hstack_panels",
            "loss_plot", "curve_plot"]
 
 
@@ -44,6 +44,26 @@ def decode_png(data: bytes, channels: int) -> np.ndarray:
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise DamagedInput(f"image bytes do not decode ({type(err).__name__}: {err})") from None
     return arr[..., None] if channels == 1 else arr
+
+
+def decode_pngs(column: Sequence[bytes], channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A column of PNG bytes -> ``(N, H, W, channels)`` uint8, every image ``size`` ``(H, W)``
+    when given, else all of the first one's size; :class:`~ncsn_ray.errors.DamagedInput`
+    naming the row that does not decode or does not fit."""
+    images: list[np.ndarray] = []
+    for row, data in enumerate(column):
+        try:
+            image = decode_png(data, channels)
+        except DamagedInput as err:
+            raise DamagedInput(f"row {row}: {err}") from None
+        expected = tuple(size or (images[0].shape[:2] if images else image.shape[:2]))
+        if image.shape[:2] != expected:
+            raise DamagedInput(f"row {row} is a {image.shape[0]}x{image.shape[1]} image, "
+                               f"expected {expected[0]}x{expected[1]}")
+        images.append(image)
+    if not images:
+        return np.zeros((0, *(size or (0, 0)), channels), np.uint8)
+    return np.stack(images)
 
 
 def image_grid(images: torch.Tensor | np.ndarray, *, nrow: int | None = None, padding: int = 1, scale: int = 1) -> Image.Image:

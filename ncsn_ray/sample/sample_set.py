@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DamagedInput, UserError
-from ..io.figures import decode_png
+from ..io.figures import decode_pngs
 from ..io.layout import JOB_SPEC, MANIFEST, existing_name
 from ..io.sharded import ShardedFolder
 from ..io.storage import Storage, StorageError, json_bytes, utc_timestamp
@@ -293,9 +293,10 @@ def iter_sample_images(storage: Storage, manifest: dict[str, Any]) -> Iterator[t
         except StorageError as err:
             raise SampleSetError(f"{storage.uri_of(shard['path'])}: unreadable shard ({err})") from err
         seeds = table.column("seed").to_numpy()
+        size = (int(manifest["height"]), int(manifest["width"]))
         try:
-            images = np.stack([decode_png(b, channels) for b in table.column("image").to_pylist()])
-        except (DamagedInput, ValueError) as err:  # ValueError: images of different sizes
+            images = decode_pngs(table.column("image").to_pylist(), channels, size)
+        except DamagedInput as err:
             raise DamagedSampleSet(f"{storage.uri_of(shard['path'])}: {err}") from None
         yield seeds, images
 

@@ -242,6 +242,11 @@ class RunRecord:
             self.tensorboard.image(step, grid)
         return self.run.uri_of(name)
 
+    def checkpoint_done(self) -> None:
+        """After a checkpoint's outputs: the TensorBoard events so far are final."""
+        if self.tensorboard is not None:
+            self.tensorboard.next_segment()
+
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -417,6 +422,7 @@ def _train(loop_config: dict[str, Any]) -> None:
                 if opts.preview:
                     url = record.write_preview(state, state.step, device)
                     _log(f"[train] checkpoint at step {state.step}; samples -> {url}")
+                record.checkpoint_done()
             window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s
     if record is not None:
         record.close()

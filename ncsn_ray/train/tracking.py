@@ -13,9 +13,10 @@ What is logged, at every log window: ``loss`` (the window's mean, weighted as tr
 ``learning_rate``; at every checkpoint: the preview grid as ``samples``. Steps are
 optimisation steps.
 
-The event file is written to a local temporary folder and copied whole into the run folder
-after every window, so the same code serves local disk and object storage (S3 has no
-append); a copy is small (hundreds of bytes per window).
+Events are written to a local temporary file, copied whole into the run folder after every
+window, so the same code serves local disk and object storage (S3 has no append). At every
+checkpoint the file is closed and a new one begun (``…{attempt}.{segment}``), so a copy
+holds one checkpoint interval's events, never the whole run's.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ class TensorBoardLog:
         self.run = run.child(TRACKING_FOLDER)
         self.sigmas = [float(s) for s in sigmas]
         self.local = Path(tempfile.mkdtemp(prefix="ncsn-tensorboard-"))
-        # time-ordered names (TensorBoard reads the files in name order), unique per attempt
-        self.writer = EventsWriter(str(self.local / "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+        attempt, self.segment = uuid.uuid4().hex[:8], 0
+        self._new_writer = lambda segment: EventsWriter(  # names sort by time, then attempt, then segment
+            str(self.local / "events"), filename_suffix=f".{attempt}.{segment:05d}")
+        self.writer = self._new_writer(self.segment)
         if start_step > 0:  # TensorBoard drops what earlier files logged at or after this step
             self.writer.write_event(event_pb2.Event(
                 wall_time=time.time(), step=start_step + 1,
@@ -83,10 +86,19 @@ class TensorBoardLog:
         self.sync()
 
     def sync(self) -> None:
-        """Flush, and copy this attempt's event file into ``{run}/tensorboard/``."""
+        """Flush, and copy the open event file into ``{run}/tensorboard/``."""
         self.writer.flush()
         for path in sorted(self.local.iterdir()):
             self.run.write_bytes(path.name, path.read_bytes())
+
+    def next_segment(self) -> None:
+        """At a checkpoint: copy and close the open file, and begin the next one."""
+        self.sync()
+        self.writer.close()
+        for path in self.local.iterdir():
+            path.unlink()
+        self.segment += 1
+        self.writer = self._new_writer(self.segment)
 
     def close(self) -> None:
         self.sync()
