@@ -80,7 +80,7 @@ def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path, fast: list[str]) 
 
 
 def random_checkpoint(config_name: str, folder: Path) -> str:
-    config = load_config(ROOT / "jobs" / "configs" / f"{config_name}.yaml")
+    config = load_config(ROOT / "ncsn_ray" / "configs" / f"{config_name}.yaml")
     if config.has_auto():
         raise SystemExit(f"{config_name}: its auto values come from a dataset; pass --checkpoint of a trained run "
                          "or a config without auto values (e.g. digits-ncsn)")

@@ -4,7 +4,7 @@ Runs what a user runs, through the same library calls as ``jobs/train.py``,
 ``jobs/generate.py`` and ``jobs/evaluate.py --metrics digits`` (embedded Ray, a local
 folder as object storage, the offline digits), in a fresh folder:
 
-1. train the config (default ``jobs/configs/digits.yaml``) for its ``training.steps``;
+1. train the config (default ``ncsn_ray/configs/digits.yaml``) for its ``training.steps``;
 2. generate ``--n`` samples (default 256) from the newest checkpoint;
 3. score them with the offline digits metric (``ncsn_ray.evaluate.digits``) and print the
    calibration rows at the same n: real digits, a Gaussian fitted to the pixels, uniform
@@ -20,7 +20,7 @@ after each noise level, the class shares and mean confidence of the classifier o
 Tweedie estimate ``x + sigma_i^2 s(x, i)``: where the chain decides which digit a sample
 becomes, and whether the last levels still change it (docs/quality.md).
 
-    python benchmarks/bench_quality.py [--config jobs/configs/digits.yaml] [--n 256]
+    python benchmarks/bench_quality.py [--config digits] [--n 256]
         [--set training.steps=500] [--sample-set sampling.steps_per_level=50] [--keep DIR]
         [--per-level 256]
 """
@@ -81,7 +81,7 @@ def per_level_table(run_uri: str, sample_overrides: list[str], n: int) -> list[d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "digits.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "ncsn_ray" / "configs" / "digits.yaml"))
     parser.add_argument("--n", type=int, default=256, help="samples to generate and score")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="training config overrides")
     parser.add_argument("--sample-set", dest="sample_overrides", action="append", default=[],

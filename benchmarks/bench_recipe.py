@@ -44,7 +44,7 @@ from ncsn_ray.io.storage import Storage  # noqa: E402
 from ncsn_ray.sample.sampler import Sampler, SamplerSettings  # noqa: E402
 from ncsn_ray.tune.trial import digits_score  # noqa: E402
 
-DEFAULT_CONFIG = ROOT / "jobs" / "configs" / "digits.yaml"
+DEFAULT_CONFIG = ROOT / "ncsn_ray" / "configs" / "digits.yaml"
 
 
 def digits_images() -> tuple[torch.Tensor, float]:

@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    config = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml")
+    config = load_config(ROOT / "ncsn_ray" / "configs" / f"{name}.yaml")
     if config.has_auto():
         raise SystemExit(f"{name}: its auto values come from a dataset; choose a config without them (e.g. digits-ncsn)")
     model = build_model(config).to(device).eval()

@@ -15,7 +15,7 @@ The plain loop runs before and after the Ray run and the two timings are average
 drift on a noisy machine. The ratio (Ray images/s) / (plain images/s) is what ingest and
 Ray overhead cost: 1.0 means nothing.
 
-    python benchmarks/bench_train.py [--config jobs/configs/digits.yaml] [--steps 80] [--log-every 20]
+    python benchmarks/bench_train.py [--config digits] [--steps 80] [--log-every 20]
         [--num-workers 1] [--use-gpu]
 
 With ``--num-workers 2`` the global batch stays the same and is split across two DDP workers.
@@ -91,7 +91,7 @@ YARDSTICK_OVERRIDES = ["model.ngf=16", "training.batch_size=128"]  # the NCSN di
 def yardstick_config():
     """NCSN's digits network (``digits-ncsn.yaml``) with ngf 16 at batch 128: the network of the
     loop by which this project states a machine's speed."""
-    return apply_overrides(load_config(str(ROOT / "jobs" / "configs" / "digits-ncsn.yaml")), YARDSTICK_OVERRIDES,
+    return apply_overrides(load_config(str(ROOT / "ncsn_ray" / "configs" / "digits-ncsn.yaml")), YARDSTICK_OVERRIDES,
                            source="the yardstick network")
 
 
@@ -136,7 +136,7 @@ def training_flop_per_image(config) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "digits.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "ncsn_ray" / "configs" / "digits.yaml"))
     parser.add_argument("--data", default=None, help="prepared dataset (default: digits prepared into a temp folder)")
     parser.add_argument("--steps", type=int, default=80, help="Ray run length (first log window is warm-up)")
     parser.add_argument("--log-every", type=int, default=20)

@@ -1,55 +1,8 @@
-"""Export a run's network as a safetensors weights file that other tools load.
+"""``python jobs/export.py ...``: the same command as ``ncsn-export`` (``ncsn_ray/cli/export.py``; see ``--help``)."""
 
-    python jobs/export.py --checkpoint runs/digits --out digits.safetensors [--ema | --no-ema]
-    python jobs/export.py --checkpoint s3://bucket/runs/cifar10/checkpoint_00300000 --out s3://bucket/cifar10.safetensors
-
---checkpoint is a run folder (its newest checkpoint), a checkpoint_* folder or a .pt file.
-The file holds the network's tensors under this project's names (ncsn_core.build_model(config)
-loads them) and, as metadata, the run's config and noise ladder as JSON, which weights were
-taken (the EMA by default when the run has one) and the step. Only the network is written:
-no optimiser state, nothing that executes when loaded. jobs/import_checkpoint.py --format
-safetensors turns it back into a run folder that jobs/generate.py samples from.
-
-Exit status: 0 done, 2 bad input (no checkpoint there, --ema on a run without EMA, an --out
-that is not *.safetensors), 1 failed part-way (re-run).
-"""
-
-from __future__ import annotations
-
-import argparse
-import functools
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ncsn_ray.errors import run_job  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    head, tail = __doc__.split("\n\n", 1)
-    parser = argparse.ArgumentParser(prog="jobs/export.py", description=head, epilog=tail,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run folder, checkpoint_* folder or .pt file (path or URI)")
-    parser.add_argument("--out", required=True, help="the .safetensors file to write (path or URI)")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                        help="export the EMA weights (default: when the run has them) or, with --no-ema, the trained ones")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    return parser
-
-
-def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray.train.export import ExportOptions, run as export
-
-    options = ExportOptions(checkpoint=args.checkpoint, out=args.out, ema=args.ema, endpoint_url=args.s3_endpoint)
-    return export(options, log=functools.partial(print, flush=True))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_job("export", lambda: run(args), json_summary=args.json)
-
+from _launch import main_of
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_of("export")())

@@ -1,73 +1,8 @@
-"""Reproduce the paper's Section 3 toy experiments (Fig. 2 and Fig. 3) in under a minute.
+"""``python jobs/toy.py ...``: the same command as ``ncsn-toy`` (``ncsn_ray/cli/toy.py``; see ``--help``)."""
 
-    python jobs/toy.py [--out runs/toy] [--n 1280] [--seed 0] [--json]
-
-Fig. 3 compares plain and annealed Langevin dynamics on a two-mode Gaussian mixture (the
-mode weights 1/5 : 4/5), annealed with the paper's ladder (sigma 10 -> 0.1, toy.yaml) and
-with the authors' code's (sigma 20 -> 1, toy-original.yaml); Fig. 2 shows that sliced score
-matching learns scores only near the data. With --json the last line printed is one JSON
-object with the fraction of samples in the lower-left mode for ``exact``, ``langevin``,
-``annealed`` (paper's ladder) and ``annealed_original`` (authors' code), plus score-error
-figures.
-
-Exit status: 0 done, 2 bad input.
-"""
-
-from __future__ import annotations
-
-import argparse
-import functools
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ncsn_ray.errors import run_job  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    head, tail = __doc__.split("\n\n", 1)
-    parser = argparse.ArgumentParser(prog="jobs/toy.py", description=head, epilog=tail,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="toy config YAML, the paper's ladder (default: jobs/configs/toy.yaml)")
-    parser.add_argument("--original-config", default=None, help="the authors' code's ladder "
-                        "(default: jobs/configs/toy-original.yaml)")
-    parser.add_argument("--out", default="runs/toy", help="folder for the PNG figures (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=1280, help="samples per method (default: %(default)s)")
-    parser.add_argument("--ssm-steps", type=int, default=1500, help="training steps for Fig. 2 (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    return parser
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n < 10:
-        parser.error("--n must be at least 10")
-    if args.ssm_steps < 1:
-        parser.error("--ssm-steps must be at least 1")
-    return args
-
-
-def options_from(args: argparse.Namespace):
-    from ncsn_ray.toy import ToyOptions
-
-    paths = {"config": args.config, "original_config": args.original_config}
-    return ToyOptions(**{k: v for k, v in paths.items() if v}, out=args.out, n=args.n,
-                      ssm_steps=args.ssm_steps, seed=args.seed)
-
-
-def run(args: argparse.Namespace) -> dict:
-    from ncsn_ray import toy
-
-    return toy.run(options_from(args), log=functools.partial(print, flush=True))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("toy", lambda: run(args), json_summary=args.json)
-
+from _launch import main_of
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_of("toy")())

@@ -9,12 +9,12 @@ Annealed Langevin is run with two ladders, both with the paper's update
 ``x + alpha_i/2 s + sqrt(alpha_i) z``, ``alpha_i = eps sigma_i^2 / sigma_L^2`` (Algorithm 1),
 T = 100 steps per level:
 
-* ``paper`` (``jobs/configs/toy.yaml``): the paper's text, sigma 10 -> 0.1 (L = 10), scoring
+* ``paper`` (``ncsn_ray/configs/toy.yaml``): the paper's text, sigma 10 -> 0.1 (L = 10), scoring
   the perturbed mixture exactly (component variance ``1 + sigma^2``). The text's eps = 0.1
   is unstable here, whatever the convention: alpha_1 = 0.1 * (10 / 0.1)^2 = 1000 exceeds the
   level-1 stability limit 4 (1 + sigma_1^2) = 404, so the chain diverges; the config uses
   eps = 0.002.
-* ``original`` (``jobs/configs/toy-original.yaml``): the authors' code
+* ``original`` (``ncsn_ray/configs/toy-original.yaml``): the authors' code
   (runners/toy_runner.py), sigma 20 -> 1 (L = 10) with eps (their lr) 0.1, scoring each level
   with component variance ``sigma^2`` instead of ``1 + sigma^2``, so that the last level,
   sigma = 1, is exactly the data distribution. Its largest step, alpha_1 = 0.1 * 20^2 = 40,
@@ -38,14 +38,14 @@ from ncsn_core import ToyScoreMLP, annealed_langevin, initial_samples, langevin,
 from ncsn_core.noise import geometric_sigmas
 from ncsn_core.toy import GaussianMixture, lower_left_fraction
 
+from . import configs
 from .errors import UserError
 from .io.figures import field_panel, hstack_panels, save_png, scatter_panel
 
 __all__ = ["ToyOptions", "run"]
 
-CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-DEFAULT_CONFIG = str(CONFIGS / "toy.yaml")
-ORIGINAL_CONFIG = str(CONFIGS / "toy-original.yaml")
+DEFAULT_CONFIG = "toy"  # shipped configs (ncsn_ray/configs/toy.yaml, toy-original.yaml)
+ORIGINAL_CONFIG = "toy-original"
 LIM = 8.0
 
 
@@ -132,8 +132,8 @@ def run(options: ToyOptions, *, log: Callable[[str], None] = print) -> dict[str,
     """Both figures; returns the lower-left mode weights and the score-error figures."""
     if options.n < 10:
         raise UserError(f"n must be at least 10, got {options.n}")
-    config = load_config(options.config)
-    original = load_config(options.original_config)
+    config = load_config(configs.resolve(options.config))
+    original = load_config(configs.resolve(options.original_config))
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     generator = torch.Generator().manual_seed(options.seed)
     mixture = GaussianMixture()

@@ -19,7 +19,7 @@ from ncsn_core import (
     save_checkpoint,
 )
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "ncsn_ray" / "configs").glob("*.yaml"))
 
 
 def tiny_config(**model):

@@ -35,7 +35,7 @@ from support.jobs import load_job
 from support.train_helpers import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((REPO / "jobs" / "configs" / "digits.yaml").read_text())
+BASE = yaml.safe_load((REPO / "ncsn_ray" / "configs" / "digits.yaml").read_text())
 
 
 def job_settings(max_examples: int) -> settings:

@@ -64,7 +64,7 @@ def test_ncsnv2_parameter_count_does_not_depend_on_the_ladder():
 
 
 def test_auto_values_resolve_from_the_data_for_digits():
-    config = load_config(REPO / "jobs" / "configs" / "digits-v2.yaml")
+    config = load_config(REPO / "ncsn_ray" / "configs" / "digits-v2.yaml")
     assert config.has_auto()
     resolved, chosen = resolve_auto(config, max_distance=4.8137, dimension=64)
     assert chosen["noise.sigma_max"] == pytest.approx(4.8137) and chosen["noise.num_levels"] == 14
@@ -77,7 +77,7 @@ def test_auto_values_resolve_from_the_data_for_digits():
 
 @pytest.mark.parametrize("name", ["cifar10-v2", "celeba-v2"])
 def test_published_v2_configs_are_the_papers(name):
-    config = load_config(REPO / "jobs" / "configs" / f"{name}.yaml")
+    config = load_config(REPO / "ncsn_ray" / "configs" / f"{name}.yaml")
     assert config.model.kind == "ncsnv2" and config.training.lr == 1e-4 and config.training.ema_decay == 0.999
     assert config.sampling.steps_per_level == 5 and config.sampling.final_denoise and config.sampling.ema
     expected = {"cifar10-v2": (50.0, 232, 300_000, 32), "celeba-v2": (90.0, 500, 210_000, 64)}[name]
@@ -93,7 +93,7 @@ def test_digits_v2_trains_and_samples_through_the_jobs(ray_local, digits_local, 
     from support.jobs import load_job
 
     storage = tmp_path / "runs"
-    assert load_job("train").main(["--config", str(REPO / "jobs" / "configs" / "digits-v2.yaml"), "--data",
+    assert load_job("train").main(["--config", str(REPO / "ncsn_ray" / "configs" / "digits-v2.yaml"), "--data",
                                    str(digits_local), "--storage", str(storage), "--steps", "4",
                                    "--checkpoint-every", "2", "--max-failures", "0"]) == 0
     checkpoint = load_checkpoint(storage / "digits-v2" / "checkpoint_00000004" / "checkpoint.pt")

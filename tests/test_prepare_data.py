@@ -4,7 +4,6 @@ of PNGs written here, a local folder and a real S3 API on loopback (moto)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 import subprocess
@@ -429,8 +428,7 @@ def test_cli_success_and_failures(tmp_path, s3_server, s3_bucket):
 
 
 def test_cli_default_shard_size_matches_library():
-    spec = importlib.util.spec_from_file_location("prepare_data_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from ncsn_ray.cli import prepare_data as module
+
     assert module.DEFAULT_SHARD_SIZE == DEFAULT_SHARD_SIZE
     assert module.build_parser().parse_args(["--dataset", "digits", "--out", "x"]).shard_size is None

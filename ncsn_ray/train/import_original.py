@@ -31,6 +31,7 @@ from ncsn_core import build_model, config_from_dict, geometric_sigmas, load_conf
 from ncsn_core.checkpoint import checkpoint_bytes
 from ncsn_core.original_ncsn import to_project_names
 
+from .. import configs
 from .checkpoints import list_checkpoints
 from ..errors import UserError, begin_work
 from ..io.layout import CHECKPOINT_FILE, STEP_FILE
@@ -122,7 +123,7 @@ def run(options: ImportOptions, *, log: Callable[[str], None] = print) -> dict[s
     kind = FORMATS[options.format]
     if options.config is None:
         raise UserError(f"--config is needed for {options.format} checkpoints (the network and noise ladder)")
-    config = load_config(options.config)
+    config = load_config(configs.resolve(options.config))
     if config.model.kind != kind or config.has_auto():
         raise UserError(f"{options.config}: {options.format} checkpoints need a config with model.kind: {kind} and "
                         "no auto values (the ladder of the checkpoint)")
@@ -151,7 +152,7 @@ def _import_safetensors(options: ImportOptions, source: Storage, log: Callable[[
 
     tensors, metadata = read_weights_file(source.read_bytes(), source.uri)
     if options.config is not None:
-        config, described_by = load_config(options.config), options.config
+        config, described_by = load_config(configs.resolve(options.config)), options.config
     elif "config" in metadata:
         try:
             config = config_from_dict(json.loads(metadata["config"]), f"{source.uri} (metadata)")

@@ -22,6 +22,7 @@ from ncsn_core import apply_overrides, load_config
 from ncsn_core.config import check_run_name, resolve_auto
 from ncsn_core.config import Config
 
+from .. import configs
 from .tracking import TRACKERS
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
 from ..console import Log
@@ -36,7 +37,7 @@ from .loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml")
+DEFAULT_CONFIG = "digits"  # a shipped config (ncsn_ray/configs/digits.yaml)
 AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
 IMAGE_MODELS = ("ncsn", "ncsnv2")
 CACHE_LIMIT_BYTES = 1 << 30  # decoded datasets up to this size train in memory (data_cache "auto")
@@ -68,7 +69,7 @@ class TrainOptions:
 
 
 def _load_config(options: TrainOptions) -> Config:
-    config = load_config(options.config)
+    config = load_config(configs.resolve(options.config))
     overrides = list(options.overrides)
     if options.steps is not None:
         overrides.append(f"training.steps={options.steps}")

@@ -1,17 +1,12 @@
-"""The job scripts in ``jobs/`` as modules, to call their ``main(argv)`` in-process."""
+"""The jobs' command-line modules (``ncsn_ray.cli.<job>``), to call their ``main(argv)`` in-process."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import importlib
 from types import ModuleType
-
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
 def load_job(name: str) -> ModuleType:
-    """``jobs/<name>.py`` loaded as a module (its ``main(argv) -> exit code`` runs in this process)."""
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``ncsn_ray.cli.<name>``, the module behind ``jobs/<name>.py`` and ``ncsn-<command>``
+    (its ``main(argv) -> exit code`` runs in this process)."""
+    return importlib.import_module(f"ncsn_ray.cli.{name}")

@@ -1,0 +1,100 @@
+"""Train a Noise Conditional Score Network with Ray Train (DDP), checkpointing to object storage.
+
+    python jobs/train.py [--config YAML] [--data URI] [--storage URI] [--name NAME]
+        [--num-workers N] [--use-gpu] [--steps N] [--set section.key=value ...]
+
+With no arguments: the digits config, digits prepared into runs/data/digits if missing, an
+embedded local Ray instance, CPU workers, local storage in runs/. Under ``ray job submit``
+the same command attaches to the cluster. Re-running with the same --storage and --name
+resumes from the newest checkpoint; --steps is the total number of optimiser steps of the
+run, so a larger value continues it.
+
+Progress (step, loss and loss per sigma, images/s, time left) is printed and appended to
+<storage>/<name>/metrics.jsonl; each checkpoint redraws <storage>/<name>/loss.png and writes
+a sample grid to <storage>/<name>/samples/.
+
+Exit status: 0 done, 2 bad input (nothing started), 1 failed part-way (re-run to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+from ncsn_ray.cli import job_parser
+from ncsn_ray.errors import run_job
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = job_parser(__doc__, "train")
+    p.add_argument("--config", default=None, help="a shipped config's name (digits, mnist, cifar10, celeba, *-v2, ...) or a YAML file's path (default: digits)")
+    p.add_argument("--data", default=None, help="prepared dataset URI (default: data.uri of the config, else runs/data/<dataset>)")
+    p.add_argument("--storage", default="runs", help="where runs live: s3://bucket/prefix, gs://..., or a local path (default: runs)")
+    p.add_argument("--name", default=None, help="run name (default: the config's name); re-running with the same storage and name resumes")
+    p.add_argument("--num-workers", type=int, default=1, help="training workers (DDP ranks), default 1")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: 1, less if the "
+                   "cluster is too small to leave a CPU for data loading)")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps of the run (overrides training.steps)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (overrides training.checkpoint_every)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the latest checkpoint), default 3")
+    p.add_argument("--data-cache", choices=["auto", "on", "off"], default="auto",
+                   help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
+    p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
+    p.add_argument("--tracking", choices=("tensorboard", "none"), default="tensorboard",
+                   help="experiment tracking: TensorBoard event files in <run>/tensorboard (default), or none")
+    p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
+                   help="PACK workers onto few nodes (default) or SPREAD them across nodes")
+    p.add_argument("--allow-config-change", action="store_true", help="resume a run with other learning settings "
+                   "(lr, batch size, loss, ...) than its checkpoint's; recorded in metrics.jsonl")
+    p.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO lines")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("num_workers", "steps", "checkpoint_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_failures < 0:
+        parser.error(f"--max-failures must be non-negative, got {args.max_failures}")
+    if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
+        parser.error(f"--cpus-per-worker must be positive, got {args.cpus_per_worker}")
+    return args
+
+
+def options_from(args: argparse.Namespace):
+    from ncsn_ray.train.job import TrainOptions
+
+    return TrainOptions(
+        **({"config": args.config} if args.config else {}), data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
+        use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, steps=args.steps,
+        checkpoint_every=args.checkpoint_every, overrides=args.overrides, max_failures=args.max_failures,
+        data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,
+        tracking=args.tracking,
+        placement_strategy=args.placement_strategy, verbose=args.verbose,
+        allow_config_change=args.allow_config_change,
+
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ncsn_ray.train import job as train
+
+    return train.run(options_from(args), log=functools.partial(print, flush=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_job("train", lambda: run(args), json_summary=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
