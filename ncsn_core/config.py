@@ -86,6 +86,7 @@ class TrainingConfig:
     keep_checkpoints: int = 3
     log_every: int = 100
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16: autocast of the forward pass; weights, EMA and Adam stay fp32
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Config:
         _check(source, "training.loss", self.training.loss, ("dsm", "ssm"))
         _check(source, "sampling.init", self.sampling.init, ("uniform", "gaussian"))
         _check(source, "sampling.precision", self.sampling.precision, ("fp32", "bf16"))
+        _check(source, "training.precision", self.training.precision, ("fp32", "bf16"))
         self._validate_sampler(source)
         positive = {
             "data.image_size": self.data.image_size,

@@ -1,16 +1,32 @@
 """One optimisation step of score matching, shared by every trainer (Ray Train, benchmarks, toy).
 
     out = train_step(model, optimizer, loss_fn, x, sigmas, ema=ema, grad_clip=1.0, anneal_power=2.0)
+    out = train_step(..., micro_batches=4, precision="bf16")   # same step, a quarter of the activations
 
 ``model`` is what the loss calls (a DDP wrapper is fine); ``ema`` (optional) tracks the
-plain module behind it. The step is: loss, ``zero_grad``, backward, optional global-norm
-gradient clipping, ``optimizer.step()``, EMA update. It returns the loss function's
-:class:`~ncsn_core.losses.LossOutput` (scalar loss, per-example losses and levels), so the
-caller can log the loss per noise level with :func:`~ncsn_core.losses.per_level_means`.
+plain module behind it. The step is: ``zero_grad``, loss and backward (once per micro-batch),
+optional global-norm gradient clipping, ``optimizer.step()``, EMA update. It returns a
+:class:`~ncsn_core.losses.LossOutput` for the whole batch (detached scalar loss, per-example
+losses and levels), so the caller can log the loss per noise level with
+:func:`~ncsn_core.losses.per_level_means`.
+
+Gradient accumulation: ``micro_batches = k`` splits the batch ``(B, ...)`` into ``k`` equal
+parts along dimension 0 (``B % k == 0``), and with it every loss keyword argument that is a
+tensor of first dimension ``B`` (the step's fixed ``levels`` and ``noise``). Each part's loss
+is weighted by its share of the batch, so the summed gradient is the full batch's mean-loss
+gradient, equal to one full-batch step up to float summation order. A DDP model skips the
+all-reduce on all but the last part (``no_sync``). Draws the loss makes itself from a
+``generator`` (sliced score matching's projections) come in parts' order from the same
+generator: the same distribution, not the same numbers as one full-batch draw.
+
+Precision: ``"bf16"`` runs the loss's forward pass under ``torch.autocast`` (bfloat16 matmuls
+and convolutions); the parameters, their gradients, the optimiser state and the EMA stay
+float32 (bf16 has float32's exponent range, so no loss scaling is needed).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -20,7 +36,9 @@ from .ema import EMA
 from .losses import LossOutput
 from .model import unwrap_model
 
-__all__ = ["train_step", "make_optimizer"]
+__all__ = ["train_step", "make_optimizer", "split_batch", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def make_optimizer(parameters, *, lr: float, beta1: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -28,6 +46,22 @@ def make_optimizer(parameters, *, lr: float, beta1: float = 0.9, weight_decay: f
     multi-tensor (``foreach``) update. PyTorch picks it by default only on CUDA; on the CPU
     its per-tensor loop costs a Python round trip per parameter tensor per step."""
     return torch.optim.Adam(parameters, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay, foreach=True)
+
+
+def split_batch(x: torch.Tensor, loss_kwargs: dict[str, Any], parts: int) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """``x`` ``(B, ...)`` and the per-example loss arguments in ``parts`` equal slices along
+    dimension 0; arguments that are not tensors of first dimension ``B`` go to every part."""
+    batch = x.shape[0]
+    if parts < 1 or batch % parts:
+        raise ValueError(f"cannot split a batch of {batch} into {parts} equal micro-batches")
+    size = batch // parts
+    out = []
+    for i in range(parts):
+        rows = slice(i * size, (i + 1) * size)
+        kwargs = {key: value[rows] if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
+                  else value for key, value in loss_kwargs.items()}
+        out.append((x[rows], kwargs))
+    return out
 
 
 def train_step(
@@ -39,19 +73,36 @@ def train_step(
     *,
     ema: EMA | None = None,
     grad_clip: float | None = None,
+    micro_batches: int = 1,
+    precision: str = "fp32",
     **loss_kwargs: Any,
 ) -> LossOutput:
     """One step on the clean batch ``x`` ``(B, ...)`` with the ladder ``sigmas`` ``(L,)``.
 
     ``loss_kwargs`` go to ``loss_fn`` (e.g. ``anneal_power``, ``n_projections``,
-    ``generator``). ``grad_clip``: maximum global gradient norm, None for no clipping.
+    ``generator``, ``levels``, ``noise``). ``grad_clip``: maximum global gradient norm, None
+    for no clipping. ``micro_batches``: parts the batch is accumulated in (see the module
+    docstring); ``precision``: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass).
     """
-    out = loss_fn(model, x, sigmas, **loss_kwargs)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    parts = split_batch(x, loss_kwargs, micro_batches)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    outputs = []
+    for index, (x_part, kwargs_part) in enumerate(parts):
+        last = index == len(parts) - 1
+        no_sync = getattr(model, "no_sync", None)
+        with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = loss_fn(model, x_part, sigmas, **kwargs_part)
+            (out.loss * (x_part.shape[0] / x.shape[0]) if len(parts) > 1 else out.loss).backward()
+        outputs.append(out)
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if ema is not None:
         ema.update(unwrap_model(model))
-    return out
+    if len(outputs) == 1:
+        return outputs[0]
+    per_example = torch.cat([o.per_example for o in outputs])
+    return LossOutput(per_example.mean(), per_example, torch.cat([o.levels for o in outputs]))

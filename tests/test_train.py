@@ -14,6 +14,7 @@ import sys
 
 import boto3
 import pytest
+import torch
 
 from ncsn_core import load_checkpoint
 from ncsn_ray.train.checkpoints import list_checkpoints
@@ -135,6 +136,39 @@ def test_resuming_with_two_workers_trains_on_the_same_global_batches(straight_ru
     # ... a tolerance far below how much steps 5 to 8 moved the weights.
     at_4 = load_checkpoint(run / "checkpoint_00000004" / "checkpoint.pt")
     assert max((straight.model_state[n] - t).abs().max().item() for n, t in at_4.model_state.items()) > 1e-3
+
+
+@pytest.mark.timeout(400)
+def test_two_workers_accumulating_micro_batches_train_as_one_worker_on_the_whole_batch(straight_run, digits_local,
+                                                                                       tmp_path):
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--checkpoint-every", "4", "--no-preview", "--max-failures", "0", "--tracking", "none"]
+    # Global batch 32 over 2 workers, 8 at a time: each worker accumulates 2 micro-batches.
+    assert train_main([*common, "--steps", "8", "--num-workers", "2", "--batch-per-worker", "8"]) == 0
+    straight = load_checkpoint(straight_run / "checkpoint_00000008" / "checkpoint.pt")
+    accumulated = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint_00000008" / "checkpoint.pt")
+    for name, tensor in straight.model_state.items():
+        difference = (accumulated.model_state[name] - tensor).abs().max().item()
+        assert difference < 1e-5, f"{name} differs by {difference:.2e} from one worker on the whole batch"
+
+    assert train_main([*common, "--steps", "8", "--batch-per-worker", "5"]) == 2  # 5 does not divide 32
+    assert train_main([*common, "--steps", "8", "--num-workers", "3"]) == 2  # 32 does not split over 3
+
+
+@pytest.mark.timeout(400)
+def test_a_bf16_run_trains_and_its_checkpoints_hold_float32_weights(ray_local, digits_local, tmp_path, capsys):
+    config = write_tiny_config(tmp_path, training={"precision": "bf16"})
+    assert train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+                       "--steps", "4", "--checkpoint-every", "4", "--no-preview", "--max-failures", "0"]) == 0
+    assert ", bf16, data" in capsys.readouterr().out
+    saved = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint_00000004" / "checkpoint.pt")
+    assert saved.config.training.precision == "bf16"
+    floats = [t for t in (*saved.model_state.values(), *saved.ema_state.values()) if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 for t in floats)
+    moments = [t for s in saved.optimizer_state["state"].values() for k, t in s.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    assert all(m["loss"] == m["loss"] for m in metrics(tmp_path / "runs" / "tiny") if "loss" in m)
 
 
 @pytest.mark.timeout(400)

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs", help="where runs live: s3://bucket/prefix, gs://..., or a local path (default: runs)")
     p.add_argument("--name", default=None, help="run name (default: the config's name); re-running with the same storage and name resumes")
     p.add_argument("--num-workers", type=int, default=1, help="training workers (DDP ranks), default 1")
+    p.add_argument("--batch-per-worker", type=int, default=None, metavar="N",
+                   help="examples a worker holds at once: its share of the global batch is accumulated in parts of N "
+                        "(no all-reduce until the last); the global batch and the learning dynamics stay the config's")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: 1, less if the "
                    "cluster is too small to leave a CPU for data loading)")
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("num_workers", "steps", "checkpoint_every"):
+    for flag in ("num_workers", "steps", "checkpoint_every", "batch_per_worker"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -75,6 +78,7 @@ def options_from(args: argparse.Namespace):
 
     return TrainOptions(
         **({"config": args.config} if args.config else {}), data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
+        batch_per_worker=args.batch_per_worker,
         use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, steps=args.steps,
         checkpoint_every=args.checkpoint_every, overrides=args.overrides, max_failures=args.max_failures,
         data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,

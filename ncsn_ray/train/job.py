@@ -53,6 +53,7 @@ class TrainOptions:
     storage: str = DEFAULT_STORAGE
     name: str | None = None  # run name (None: the config's name)
     num_workers: int = 1
+    batch_per_worker: int | None = None  # examples a worker holds at once (gradient accumulation); None: its whole share
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     steps: int | None = None
@@ -201,6 +202,24 @@ def _worker_resources(options: TrainOptions, total_cpus: float, streaming: bool,
     return cpus, threads
 
 
+def _micro_batches(batch_size: int, num_workers: int, batch_per_worker: int | None) -> int:
+    """Micro-batches each worker accumulates per step so that it holds at most
+    ``batch_per_worker`` examples at once while the global batch stays ``batch_size``."""
+    if batch_size % num_workers:
+        divisors = [w for w in range(1, min(batch_size, 64) + 1) if batch_size % w == 0]
+        raise UserError(f"training.batch_size {batch_size} does not split evenly over {num_workers} workers (each "
+                        f"takes an equal share of the global batch, which the learning rate was set for); use "
+                        f"--num-workers in {divisors} or change training.batch_size")
+    share = batch_size // num_workers
+    if batch_per_worker is None:
+        return 1
+    if batch_per_worker < 1 or share % batch_per_worker:
+        fits = [b for b in range(1, share + 1) if share % b == 0]
+        raise UserError(f"--batch-per-worker {batch_per_worker} must divide each worker's share of the global batch "
+                        f"({batch_size} / {num_workers} workers = {share}): use one of {fits}")
+    return share // batch_per_worker
+
+
 def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     """Train (or resume) the run ``{storage}/{name}``; returns ``{"step", "run", ...}``."""
     if options.num_workers < 1:
@@ -214,11 +233,12 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     data, manifest = _resolve_data(options, config, log)
     if config.has_auto():
         config = _resolve_auto(config, data, manifest, log)
+    micro_batches = _micro_batches(config.training.batch_size, options.num_workers, options.batch_per_worker)
     per_worker = config.training.batch_size // options.num_workers
-    if per_worker < 1 or manifest.num_rows // options.num_workers < per_worker:
+    if manifest.num_rows // options.num_workers < per_worker:
         raise UserError(
             f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
-            f"{max(per_worker, 1) * options.num_workers} images; {data.uri} has {manifest.num_rows}"
+            f"{per_worker * options.num_workers} images; {data.uri} has {manifest.num_rows}"
         )
     in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
     if in_memory:  # the workers read every shard whole: check them against the manifest first
@@ -244,9 +264,14 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
             tracking=options.tracking,
             verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
+            micro_batches=micro_batches,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
-            f"{config.training.batch_size} over {options.num_workers} worker(s), data {data.uri} "
+            f"{config.training.batch_size} over {options.num_workers} worker(s)"
+            + (f" ({per_worker} each, in {micro_batches} micro-batches of {per_worker // micro_batches})"
+               if micro_batches > 1 else "")
+            + (f", {config.training.precision}" if config.training.precision != "fp32" else "")
+            + f", data {data.uri} "
             f"({manifest.num_rows} images, {'in memory, step-addressed' if in_memory else 'streamed by Ray Data'}), "
             f"run folder {run_location.uri}")
         _fit(options, config, name, run_location, data, manifest, worker, cpus)

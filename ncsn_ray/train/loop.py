@@ -15,7 +15,9 @@ Run folder ``{storage}/{name}/`` (names in :mod:`ncsn_ray.io.layout`):
 * ``samples/step_XXXXXXXX.png``: a grid sampled from the EMA weights at each checkpoint.
 
 Step semantics: ``training.steps`` is the total number of optimiser steps of the run;
-``training.batch_size`` is the global batch, ``batch_size // W`` per worker for W workers.
+``training.batch_size`` is the global batch, ``batch_size // W`` per worker for W workers
+(W must divide it), accumulated in ``micro_batches`` parts when ``--batch-per-worker`` asks
+for fewer examples at once; ``training.precision: bf16`` autocasts the forward pass.
 Loss statistics are summed on the device and all-reduced only at log steps, so the loop
 does not wait for the host on every step.
 """
@@ -80,6 +82,7 @@ class WorkerOptions:
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
+    micro_batches: int = 1  # parts each worker's share of a step is accumulated in (--batch-per-worker)
 
 
 def _log(message: str) -> None:
@@ -403,7 +406,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     while state.step < tc.steps:
         x, step_kwargs = next_batch(state.step + 1)
         out = train_step(model, state.optimizer, loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
-                         **loss_kwargs, **step_kwargs)
+                         micro_batches=opts.micro_batches, precision=tc.precision, **loss_kwargs, **step_kwargs)
         state.step += 1
         window.add(out, state.step)
         faults.kill_worker_once(state.step, rank, run, _log)
