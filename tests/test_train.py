@@ -172,6 +172,51 @@ def test_a_bf16_run_trains_and_its_checkpoints_hold_float32_weights(ray_local, d
 
 
 @pytest.mark.timeout(400)
+def test_mlflow_tracking_keeps_one_run_across_resumption_and_restarts(ray_local, digits_local, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    tracking_uri = f"file:{tmp_path / 'mlruns'}"
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--checkpoint-every", "2", "--max-failures", "0", "--tracking", "tensorboard,mlflow"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train_main([*common, "--steps", "4"]) == 2  # no server named: refused before any work
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9/")
+    assert train_main([*common, "--steps", "4"]) == 2  # a password in the URI is refused
+
+    # MLflow's file store stands in for a tracking server (a real MLflow backend, read back
+    # through MLflow's own client); it is opt-in since MLflow 3.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ncsn-test")
+    assert train_main([*common, "--steps", "4"]) == 0
+    # Resumed from step 4, and the worker killed after step 5: Ray Train restarts it from the
+    # step-4 checkpoint, and the new rank 0 continues the same MLflow run.
+    monkeypatch.setenv(faults.ENV, "train.kill_worker_at_step=5")
+    assert train_main([*common, "--steps", "6", "--max-failures", "1"]) == 0
+    assert (tmp_path / "runs" / "tiny" / ".injected-failure-done").exists(), "the failure was not injected"
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("ncsn-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, "the resumed run must continue the same MLflow run"
+    run = runs[0]
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["training.batch_size"] == "32" and run.data.params["model.kind"] == "ncsn"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3, 4, 5, 6]  # log_every 1, each step once
+    logged = {m["step"]: m["loss"] for m in metrics(tmp_path / "runs" / "tiny") if "loss" in m}
+    assert all(abs(m.value - logged[m.step]) < 1e-5 for m in losses), "MLflow and metrics.jsonl disagree"
+    assert {m.key for m in client.get_metric_history(run.info.run_id, "images_per_s")} == {"images_per_s"}
+    assert any(k.startswith("loss_per_sigma/L00_sigma") for k in run.data.metrics)
+    images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]
+    assert sum(p.endswith(".png") and "samples+step+" in p for p in images) == 3  # checkpoints 2, 4, 6
+    assert "secret" not in (tmp_path / "runs" / "tiny" / "mlflow.json").read_text()
+    events = read_events(Storage.from_uri(str(tmp_path / "runs" / "tiny" / "tensorboard")))
+    assert sorted(events["loss"]) == [1, 2, 3, 4, 5, 6]  # both trackers at once
+
+
+@pytest.mark.timeout(400)
 def test_a_non_finite_loss_stops_training_at_once_naming_step_and_level(ray_local, digits_local, tmp_path, capfd):
     config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})
     storage = tmp_path / "runs"

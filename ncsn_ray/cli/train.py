@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
-    p.add_argument("--tracking", choices=("tensorboard", "none"), default="tensorboard",
-                   help="experiment tracking: TensorBoard event files in <run>/tensorboard (default), or none")
+    p.add_argument("--tracking", default="tensorboard", metavar="{tensorboard,mlflow,none}",
+                   help="experiment tracking, comma-separated: TensorBoard event files in <run>/tensorboard (default), "
+                        "mlflow (the server at $MLFLOW_TRACKING_URI; pip install 'ncsn-on-ray[mlflow]'), or none")
     p.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
                    help="PACK workers onto few nodes (default) or SPREAD them across nodes")
     p.add_argument("--allow-config-change", action="store_true", help="resume a run with other learning settings "

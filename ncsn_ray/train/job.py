@@ -23,7 +23,7 @@ from ncsn_core.config import check_run_name, resolve_auto
 from ncsn_core.config import Config
 
 from .. import configs
-from .tracking import TRACKERS
+from .tracking import parse_tracking
 from .checkpoints import list_checkpoints, newest_valid_checkpoint, set_aside
 from ..console import Log
 from ..data.format import DatasetManifest, dataset_max_distance, read_manifest, verify_shards
@@ -63,7 +63,7 @@ class TrainOptions:
     data_cache: str = "auto"
     endpoint_url: str | None = None
     preview: bool = True
-    tracking: str = "tensorboard"  # tensorboard | none: event files in {run}/tensorboard (ncsn_ray.train.tracking)
+    tracking: str = "tensorboard"  # comma-separated: tensorboard ({run}/tensorboard), mlflow; or none (ncsn_ray.train.tracking)
     placement_strategy: str = "PACK"
     verbose: bool = False  # show Ray Train's own INFO lines
     allow_config_change: bool = False  # resume with other learning settings (lr, batch size, loss, ...)
@@ -224,8 +224,12 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     """Train (or resume) the run ``{storage}/{name}``; returns ``{"step", "run", ...}``."""
     if options.num_workers < 1:
         raise UserError(f"the number of workers must be at least 1, got {options.num_workers}")
-    if options.tracking not in TRACKERS:
-        raise UserError(f"tracking must be one of {', '.join(TRACKERS)}, got {options.tracking!r}")
+    trackers = parse_tracking(options.tracking)
+    tracking_env = {}
+    if "mlflow" in trackers:
+        from .mlflow_log import check_mlflow_settings
+
+        tracking_env = check_mlflow_settings()
     if options.data_cache not in ("auto", "on", "off"):
         raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
     config = _load_config(options)
@@ -262,7 +266,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             run_uri=run_location.uri, endpoint_url=options.endpoint_url,
             use_gpu=options.use_gpu and not os.environ.get(FAKE_GPUS_ENV),
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
-            tracking=options.tracking,
+            tracking=trackers, tracking_env=tracking_env,
             verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
             micro_batches=micro_batches,
         )

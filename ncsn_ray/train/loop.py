@@ -47,7 +47,7 @@ from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STO
 from ..console import format_seconds
 from ..testing import faults
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
-from .tracking import TensorBoardLog
+from .tracking import open_trackers
 from ..io.storage import Storage
 from ..data.format import read_manifest
 from ..data.global_batches import GlobalBatches
@@ -78,7 +78,8 @@ class WorkerOptions:
     data_uri: str = ""  # the prepared dataset (read directly by each worker on the in-memory path)
     in_memory: bool = True  # step-addressed batches over the whole dataset in memory; else Ray Data streaming
     preview: bool = True
-    tracking: str = "tensorboard"  # tensorboard | none (ncsn_ray.train.tracking)
+    tracking: tuple[str, ...] = ("tensorboard",)  # names of ncsn_ray.train.tracking.TRACKERS; () for none
+    tracking_env: dict[str, str] = field(default_factory=dict)  # MLflow's URI and experiment (no credentials)
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
@@ -187,12 +188,14 @@ class LossWindow:
 
 class RunRecord:
     """Rank 0's outputs in the run folder: metrics lines, the loss plot, preview grids, and
-    the TensorBoard event files (``tracking``: "tensorboard" or "none")."""
+    the trackers' records (``tracking``: names from :data:`~ncsn_ray.train.tracking.TRACKERS`;
+    ``tracking_env``: the MLflow settings the driver shipped)."""
 
     def __init__(self, run: Storage, config: Config, sigmas: torch.Tensor, start_step: int,
-                 tracking: str = "tensorboard"):
+                 tracking: tuple[str, ...] | list[str] = ("tensorboard",), tracking_env: dict[str, str] | None = None):
         self.run, self.config, self.sigmas = run, config, sigmas
-        self.tensorboard = TensorBoardLog(run, start_step, sigmas.tolist()) if tracking == "tensorboard" else None
+        self.trackers = open_trackers(tracking, run, start_step, sigmas.tolist(), run_name=run.uri.rstrip("/").rsplit("/", 1)[-1],
+                                      config=config.to_dict(), env=tracking_env)
         self.lines: list[str] = []
         if run.exists(METRICS_FILE):
             kept = [ln for ln in run.read_bytes(METRICS_FILE).decode().splitlines() if ln.strip()]
@@ -210,8 +213,8 @@ class RunRecord:
                   "loop_started_at": round(self.loop_started_at, 3)}
         self.lines.append(json.dumps(record))
         self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
-        if self.tensorboard is not None:
-            self.tensorboard.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate)
+        for tracker in self.trackers:
+            tracker.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate)
         per_sigma = " ".join(f"{v:.3g}" if v is not None else "-" for v in window["per_sigma"])
         _log(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
              f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
@@ -241,18 +244,18 @@ class RunRecord:
         network.train(was_training)
         name = f"samples/step_{step:08d}.png"
         self.run.write_png(name, grid)
-        if self.tensorboard is not None:
-            self.tensorboard.image(step, grid)
+        for tracker in self.trackers:
+            tracker.image(step, grid)
         return self.run.uri_of(name)
 
     def checkpoint_done(self) -> None:
         """After a checkpoint's outputs: the TensorBoard events so far are final."""
-        if self.tensorboard is not None:
-            self.tensorboard.next_segment()
+        for tracker in self.trackers:
+            tracker.checkpoint_done()
 
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+    def close(self, finished: bool) -> None:
+        for tracker in self.trackers:
+            tracker.close(finished)
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -395,7 +398,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     per_worker = tc.batch_size // world
     next_batch = _batch_source(config, opts, device, rank, world, state.step)
     window = LossWindow(config.noise.num_levels, device)
-    record = RunRecord(run, config, state.sigmas, state.step, opts.tracking) if rank == 0 else None
+    record = RunRecord(run, config, state.sigmas, state.step, opts.tracking, opts.tracking_env) if rank == 0 else None
     if record is not None and opts.config_changes:
         record.note({"step": state.step, "config_change": opts.config_changes})
     if rank == 0:
@@ -428,4 +431,4 @@ def _train(loop_config: dict[str, Any]) -> None:
                 record.checkpoint_done()
             window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s
     if record is not None:
-        record.close()
+        record.close(finished=state.step >= tc.steps)

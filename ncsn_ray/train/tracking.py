@@ -1,4 +1,5 @@
-"""Experiment tracking: TensorBoard event files in the run folder, written by rank 0.
+"""Experiment tracking: TensorBoard event files in the run folder, written by rank 0 (and,
+with ``--tracking mlflow``, an MLflow run: :mod:`ncsn_ray.train.mlflow_log`).
 
 Layout: ``{run}/tensorboard/events.out.tfevents.*``, one file per training attempt (a first
 run, each resume, each restart after a worker failure). TensorBoard reads a folder of event
@@ -32,10 +33,38 @@ import numpy as np
 
 from ..io.storage import Storage
 
-__all__ = ["TensorBoardLog", "TRACKING_FOLDER", "TRACKERS", "read_events"]
+__all__ = ["TensorBoardLog", "TRACKING_FOLDER", "TRACKERS", "parse_tracking", "open_trackers", "read_events"]
 
 TRACKING_FOLDER = "tensorboard"
-TRACKERS = ("tensorboard", "none")
+TRACKERS = ("tensorboard", "mlflow")  # --tracking takes a comma-separated list of these, or none
+
+
+def parse_tracking(value: str) -> tuple[str, ...]:
+    """``"tensorboard,mlflow"`` -> ``("tensorboard", "mlflow")``; ``"none"`` -> ``()``;
+    a :class:`~ncsn_ray.errors.UserError` naming the choices otherwise."""
+    from ..errors import UserError
+
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in TRACKERS]
+    if not names or unknown:
+        raise UserError(f"--tracking takes a comma-separated list of {', '.join(TRACKERS)}, or none; got {value!r}")
+    return names
+
+
+def open_trackers(names: Sequence[str], run: Storage, start_step: int, sigmas: Sequence[float], *,
+                  run_name: str = "", config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> list:
+    """Rank 0's trackers, each with ``window``, ``image``, ``checkpoint_done`` and ``close(finished)``."""
+    trackers: list = []
+    for name in names:
+        if name == "tensorboard":
+            trackers.append(TensorBoardLog(run, start_step, sigmas))
+        elif name == "mlflow":
+            from .mlflow_log import MlflowLog
+
+            trackers.append(MlflowLog(run, run_name, config or {}, sigmas, env or {}))
+    return trackers
 
 
 class TensorBoardLog:
@@ -91,7 +120,7 @@ class TensorBoardLog:
         for path in sorted(self.local.iterdir()):
             self.run.write_bytes(path.name, path.read_bytes())
 
-    def next_segment(self) -> None:
+    def checkpoint_done(self) -> None:
         """At a checkpoint: copy and close the open file, and begin the next one."""
         self.sync()
         self.writer.close()
@@ -100,7 +129,7 @@ class TensorBoardLog:
         self.segment += 1
         self.writer = self._new_writer(self.segment)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self.sync()
         self.writer.close()
         shutil.rmtree(self.local, ignore_errors=True)
