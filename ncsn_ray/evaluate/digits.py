@@ -8,6 +8,9 @@ time, on the *train split* of scikit-learn's digits (half of the 1797 images, st
 * ``digits_fd``: the Fréchet distance between the Gaussians fitted to the classifier's
   hidden features (128 ReLU units) of the samples and of the test split, as FID does with
   Inception's pool features;
+* ``digits_precision``, ``digits_recall``: in the same feature space against the test split
+  (k = 3 nearest neighbours): how many samples look like real digits, and how much of the
+  real digits' variety the samples cover (FD mixes the two);
 * ``digits_confidence``: the classifier's mean top-class probability on the samples
   (real digits are classified confidently; blobs between classes are not);
 * ``digits_class_shares``: the share of samples predicted as each class 0..9, and
@@ -135,8 +138,10 @@ def _score_flat(flat: np.ndarray, j: DigitsJudge, training_rows: np.ndarray | No
     kl = (probs * (np.log(np.clip(probs, 1e-12, 1)) - np.log(np.clip(marginal, 1e-12, 1)))).sum(1)
     shares = np.bincount(probs.argmax(1), minlength=10) / len(flat)
     nearest = _nearest_distances(flat, j.all_images, exclude_self=training_rows is not None, query_rows=training_rows)
+    features = j.features(flat)
     return {
-        "digits_fd": frechet_distance(j.features(flat), j.test_features),
+        "digits_fd": frechet_distance(features, j.test_features),
+        **precision_recall(features, j.test_features),
         "digits_confidence": float(probs.max(1).mean()),
         "digits_class_shares": [round(float(v), 4) for v in shares],
         "digits_max_class_share": float(shares.max()),
@@ -144,6 +149,18 @@ def _score_flat(flat: np.ndarray, j: DigitsJudge, training_rows: np.ndarray | No
         "digits_near_copy_share": float((nearest < j.near_copy_threshold).mean()),
         "digits_median_nearest_training_distance": float(np.median(nearest)),
     }
+
+
+def precision_recall(features: np.ndarray, real_features: np.ndarray) -> dict[str, float]:
+    """``digits_precision`` and ``digits_recall`` (Kynkäänniemi et al. 2019, k = 3): the share
+    of samples inside the real features' k-NN balls, and of real ones inside the samples',
+    with torch-fidelity's implementation, in the classifier's feature space."""
+    import torch
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(torch.from_numpy(features).float(), torch.from_numpy(real_features).float(),
+                                 prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    return {"digits_precision": float(out["precision"]), "digits_recall": float(out["recall"])}
 
 
 def score(images: np.ndarray) -> dict[str, Any]:

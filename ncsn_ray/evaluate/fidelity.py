@@ -43,7 +43,7 @@ __all__ = ["FidelityError", "UInt8ImageDataset", "resolve_inception_weights", "i
 
 CACHE_DIR = FIDELITY_CACHE
 FEATURE_EXTRACTOR = "inception-v3-compat"
-INCEPTION_METRICS = ("fid", "isc", "kid")
+INCEPTION_METRICS = ("fid", "isc", "kid", "prc")
 
 
 class FidelityError(UserError):
@@ -175,8 +175,8 @@ def _load_reference(storage: Storage, manifest: DatasetManifest, limit: int | No
 
 def inception_scores(
     samples: np.ndarray,
-    reference: Storage,
-    ref_manifest: DatasetManifest,
+    reference: Storage | None,
+    ref_manifest: DatasetManifest | None,
     wanted: list[str],
     *,
     reference_limit: int | None,
@@ -188,50 +188,47 @@ def inception_scores(
     log: Callable[[str], None],
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """torch-fidelity's metrics for ``samples`` ``(N, H, W, C)`` uint8 against the reference
-    dataset; returns ``(metrics, info)`` (weights identity, cache use).
-
-    KID uses subsets of ``min(kid_subset_size, N, reference)`` images; IS uses 10 splits as
-    published, fewer (at least 50 images each) for sets under 500 images.
+    dataset, in this process (``calculate_metrics``); returns ``(metrics, info)`` (weights
+    identity, cache use). Settings: :func:`~ncsn_ray.evaluate.scores.metric_kwargs`.
     """
+    from .scores import metric_kwargs
+
     import torch_fidelity
 
     n_samples = len(samples)
-    n_reference = ref_manifest.num_rows if reference_limit is None else min(ref_manifest.num_rows, reference_limit)
     with tempfile.TemporaryDirectory(prefix="ncsn-fidelity-") as tmp:
         workdir = Path(tmp)
         weights_path, weights_id = resolve_inception_weights(inception_weights, endpoint_url=endpoint_url,
                                                              workdir=workdir, log=log)
-        key = _reference_key(ref_manifest, weights_id["sha256"], reference_limit)
-        cache = reference.child(CACHE_DIR)
-        local_cache = workdir / "cache"
-        local_cache.mkdir()
-        before = _sync_cache_down(cache, key, local_cache, log)
-        log(f"[evaluate] {', '.join(wanted)}: {n_samples} samples vs {n_reference} images of {reference.uri} "
-            f"({'cached reference features found' if before else 'reference features to compute'})")
+        info: dict[str, Any] = {"inception_weights": weights_id, "feature_extractor": FEATURE_EXTRACTOR}
+        inputs: dict[str, Any] = {"input1": UInt8ImageDataset(lambda: samples, n_samples)}
+        n_reference = None
+        if reference is not None:  # isc alone needs none
+            n_reference = ref_manifest.num_rows if reference_limit is None else min(ref_manifest.num_rows, reference_limit)
+            key = _reference_key(ref_manifest, weights_id["sha256"], reference_limit)
+            cache = reference.child(CACHE_DIR)
+            local_cache = workdir / "cache"
+            local_cache.mkdir()
+            before = _sync_cache_down(cache, key, local_cache, log)
+            log(f"[evaluate] {', '.join(wanted)}: {n_samples} samples vs {n_reference} images of {reference.uri} "
+                f"({'cached reference features found' if before else 'reference features to compute'})")
+            inputs.update(input2=UInt8ImageDataset(lambda: _load_reference(reference, ref_manifest, reference_limit),
+                                                   n_reference),
+                          input2_cache_name=key, cache_root=str(local_cache), cache=True)
         scores = torch_fidelity.calculate_metrics(
-            input1=UInt8ImageDataset(lambda: samples, n_samples),
-            input2=UInt8ImageDataset(lambda: _load_reference(reference, ref_manifest, reference_limit), n_reference),
-            input2_cache_name=key,
-            cache_root=str(local_cache),
-            cache=True,
+            **inputs,
             cuda=use_cuda,
             batch_size=batch_size,
             fid="fid" in wanted,
             isc="isc" in wanted,
             kid="kid" in wanted,
+            prc="prc" in wanted,
             feature_extractor=FEATURE_EXTRACTOR,
             feature_extractor_weights_path=str(weights_path),
-            kid_subset_size=min(kid_subset_size, n_samples, n_reference),
-            isc_splits=max(1, min(10, n_samples // 50)),  # 10 as published, fewer for small sets
-            save_cpu_ram=True,  # no DataLoader worker processes: the images are in memory already
-            verbose=False,
+            **metric_kwargs(n_samples, n_reference, kid_subset_size),  # save_cpu_ram: no DataLoader processes
         )
-        added = _sync_cache_up(cache, key, local_cache, before)
-    info = {
-        "inception_weights": weights_id,
-        "feature_extractor": FEATURE_EXTRACTOR,
-        "num_reference": n_reference,
-        "reference_cache": "computed" if added else "hit",  # hit: every needed file was cached
-        "reference_cache_uri": cache.uri,
-    }
+        if reference is not None:
+            added = _sync_cache_up(cache, key, local_cache, before)
+            info.update(num_reference=n_reference, reference_cache="computed" if added else "hit",  # hit: all cached
+                        reference_cache_uri=cache.uri)
     return {k: float(v) for k, v in scores.items()}, info
