@@ -87,6 +87,9 @@ class TrainingConfig:
     log_every: int = 100
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16: autocast of the forward pass; weights, EMA and Adam stay fp32
+    eval_every: int = 0  # sample and score every K-th checkpoint during training (0: never)
+    eval_n: int = 256  # samples per evaluation (seeds 0 .. eval_n - 1 every time)
+    eval_metric: str = "digits"  # digits (8x8 grey data, offline) | fid (against the training data)
 
 
 @dataclass
@@ -148,6 +151,7 @@ class Config:
         _check(source, "sampling.init", self.sampling.init, ("uniform", "gaussian"))
         _check(source, "sampling.precision", self.sampling.precision, ("fp32", "bf16"))
         _check(source, "training.precision", self.training.precision, ("fp32", "bf16"))
+        _check(source, "training.eval_metric", self.training.eval_metric, ("digits", "fid"))
         self._validate_sampler(source)
         positive = {
             "data.image_size": self.data.image_size,
@@ -180,7 +184,9 @@ class Config:
         for key, value, low, high in (("training.beta1", self.training.beta1, 0.0, 1.0),
                                       ("training.weight_decay", self.training.weight_decay, 0.0, None),
                                       ("training.anneal_power", self.training.anneal_power, 0.0, None),
-                                      ("training.seed", self.training.seed, 0, None)):
+                                      ("training.seed", self.training.seed, 0, None),
+                                      ("training.eval_every", self.training.eval_every, 0, None),
+                                      ("training.eval_n", self.training.eval_n, 2, None)):
             if value < low or (high is not None and value >= high):
                 where = f"[{low}, {high})" if high is not None else f">= {low}"
                 raise ConfigError(f"{source}: {key} must be {where}, got {value!r}")

@@ -107,30 +107,9 @@ def digits_local(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def inception_weights_file(tmp_path_factory):
-    """Random InceptionV3 weights in torch-fidelity's state_dict format.
+    """Random InceptionV3 weights in torch-fidelity's state_dict format
+    (:func:`ncsn_ray.testing.inception.random_inception_weights`): the real weights cannot be
+    downloaded here, so scores made with them only prove the plumbing."""
+    from ncsn_ray.testing.inception import random_inception_weights
 
-    The real weights cannot be downloaded here. This is torch-fidelity's own
-    ``FeatureExtractorInceptionV3`` architecture, randomly initialised (He-normal
-    convolutions so features keep a usable scale), saved as the plain ``state_dict`` its
-    ``feature_extractor_weights_path`` loads. Scores made with it only prove the plumbing.
-    """
-    import torch
-    from torch import nn
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class Untrained(FeatureExtractorInceptionV3):
-        # torch-fidelity's constructor loads weights; load nothing (keep the random init).
-        def load_state_dict(self, state_dict, strict=True, assign=False):
-            return super().load_state_dict(state_dict, strict=False)
-
-    folder = tmp_path_factory.mktemp("inception")
-    empty = folder / "empty.pt"
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    network = Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    for module in network.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = folder / "weights-inception-random.pth"
-    torch.save(network.state_dict(), path)
-    return path
+    return random_inception_weights(tmp_path_factory.mktemp("inception"))

@@ -216,6 +216,48 @@ def test_mlflow_tracking_keeps_one_run_across_resumption_and_restarts(ray_local,
     assert sorted(events["loss"]) == [1, 2, 3, 4, 5, 6]  # both trackers at once
 
 
+@pytest.mark.timeout(500)
+def test_quality_is_scored_during_training_and_generate_picks_the_best_checkpoint(ray_local, digits_local, tmp_path,
+                                                                                  capsys):
+    from ncsn_ray.train.evaluation import read_best, read_evaluations
+
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--max-failures", "0", "--no-preview"]
+    with pytest.raises(SystemExit) as usage:  # off is --no-eval; 0 is a mistake
+        train_main([*common, "--eval-every", "0"])
+    assert usage.value.code == 2 and "--eval-every must be at least 1" in capsys.readouterr().err
+    assert train_main([*common, "--steps", "8", "--checkpoint-every", "2", "--eval-every", "1", "--eval-n", "16"]) == 0
+    out = capsys.readouterr().out
+    run = Storage.from_uri(str(tmp_path / "runs" / "tiny"))
+    evaluations = read_evaluations(run)
+    assert [e["step"] for e in evaluations] == [2, 4, 6, 8]
+    assert all(e["metric"] == "digits_fd" and e["n"] == 16 and e["score"] > 0 for e in evaluations)
+    assert "quality at step 8: digits_fd" in out
+    logged = [m for m in metrics(tmp_path / "runs" / "tiny") if "eval" in m]
+    assert sorted(m["step"] for m in logged) == [2, 4, 6, 8]
+    assert {m["step"]: m["eval"]["score"] for m in logged} == {e["step"]: e["score"] for e in evaluations}
+    events = read_events(run.child("tensorboard"))
+    assert sorted(events["eval/digits_fd"]) == [2, 4, 6, 8]
+
+    best = read_best(run)
+    expected = min(evaluations, key=lambda e: e["score"])
+    assert (best["step"], best["score"]) == (expected["step"], expected["score"])
+    kept = load_checkpoint(run.read_bytes("best/checkpoint.pt"))
+    assert kept.step == expected["step"], "best/ holds the checkpoint of the best score, whatever was rotated out"
+
+    generate_main = load_job("generate").main
+    samples = tmp_path / "samples"
+    assert generate_main(["--checkpoint", str(run.uri), "--pick", "best", "--n", "4", "--out", str(samples)]) == 0
+    manifest = json.loads((samples / "_manifest.json").read_text())
+    assert manifest["picked"] == {"by": "digits_fd", "score": expected["score"], "step": expected["step"]}
+    assert manifest["checkpoint"]["step"] == expected["step"] and manifest["checkpoint"]["uri"].endswith("best/checkpoint.pt")
+    empty = tmp_path / "runs-plain"
+    assert train_main(["--config", str(config), "--data", str(digits_local), "--storage", str(empty), "--steps", "2",
+                       "--checkpoint-every", "2", "--no-preview", "--no-eval", "--tracking", "none"]) == 0
+    assert generate_main(["--checkpoint", str(empty / "tiny"), "--pick", "best", "--n", "4"]) == 2
+
+
 @pytest.mark.timeout(400)
 def test_a_non_finite_loss_stops_training_at_once_naming_step_and_level(ray_local, digits_local, tmp_path, capfd):
     config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("generate", "inpaint"), default="generate")
     parser.add_argument("--checkpoint", help="training run folder (newest checkpoint), checkpoint_* folder or .pt file "
                         "(default: runs/digits)")
+    parser.add_argument("--pick", choices=("newest", "best"), default="newest",
+                        help="of a run folder: its newest checkpoint (default) or the best-scored one (kept in "
+                             "<run>/best by train.py --eval-every; recorded in the manifest as picked)")
     parser.add_argument("--out", help="sample-set folder URI (default: runs/samples/<run> or runs/inpaint/<run>)")
     parser.add_argument("--n", type=int, help="generate: number of samples (required)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
@@ -114,7 +117,7 @@ def options_from(args: argparse.Namespace):
 
     common = dict(
         checkpoint=args.checkpoint, out=args.out, seed=args.seed, batch_size=args.batch_size,
-        shard_size=args.shard_size, steps_per_level=args.steps_per_level, use_ema=args.ema,
+        shard_size=args.shard_size, steps_per_level=args.steps_per_level, use_ema=args.ema, pick=args.pick,
         overrides=args.overrides, endpoint_url=args.s3_endpoint,
         actors=ActorPlan(args.num_actors, args.min_actors, args.max_actors, args.use_gpu, args.cpus_per_actor),
     )

@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-per-worker", type=int, default=None, metavar="N",
                    help="examples a worker holds at once: its share of the global batch is accumulated in parts of N "
                         "(no all-reduce until the last); the global batch and the learning dynamics stay the config's")
+    p.add_argument("--eval-every", type=int, default=None, metavar="K",
+                   help="sample and score every K-th checkpoint on a separate actor while training goes on; the best "
+                        "checkpoint is kept in <run>/best (default: the config's training.eval_every; digits: 1)")
+    p.add_argument("--no-eval", action="store_true", help="no evaluations during training")
+    p.add_argument("--eval-n", type=int, default=None, metavar="N", help="samples per evaluation (training.eval_n)")
+    p.add_argument("--eval-metric", choices=("digits", "fid"), default=None,
+                   help="digits (8x8 grey data, offline) or fid against the training data (training.eval_metric)")
+    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights for --eval-metric fid (path or URI; "
+                   "default: torch hub cache, else download)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default: 1, less if the "
                    "cluster is too small to leave a CPU for data loading)")
@@ -63,10 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("num_workers", "steps", "checkpoint_every", "batch_per_worker"):
+    for flag in ("num_workers", "steps", "checkpoint_every", "batch_per_worker", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.eval_n is not None and args.eval_n < 2:
+        parser.error(f"--eval-n must be at least 2, got {args.eval_n}")
+    if args.no_eval and args.eval_every is not None:
+        parser.error("--no-eval and --eval-every contradict each other")
     if args.max_failures < 0:
         parser.error(f"--max-failures must be non-negative, got {args.max_failures}")
     if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
@@ -80,6 +93,8 @@ def options_from(args: argparse.Namespace):
     return TrainOptions(
         **({"config": args.config} if args.config else {}), data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
         batch_per_worker=args.batch_per_worker,
+        eval_every=0 if args.no_eval else args.eval_every, eval_n=args.eval_n, eval_metric=args.eval_metric,
+        inception_weights=args.inception_weights,
         use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, steps=args.steps,
         checkpoint_every=args.checkpoint_every, overrides=args.overrides, max_failures=args.max_failures,
         data_cache=args.data_cache, endpoint_url=args.s3_endpoint, preview=not args.no_preview,

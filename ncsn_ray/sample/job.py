@@ -22,6 +22,7 @@ from ncsn_core.config import resolve_auto
 
 from ..console import Log
 from ..train.checkpoints import PinnedCheckpoint, pin_checkpoint
+from ..train.evaluation import BEST_FOLDER, BEST_SCORE, read_best
 from ..errors import UserError, begin_work
 from ..io.layout import default_run_uri
 from .pipeline import ActorPlan, Progress, run_pipeline
@@ -56,6 +57,7 @@ class SamplingOptions:
     overrides: list[str] = field(default_factory=list)
     actors: ActorPlan = field(default_factory=ActorPlan)
     endpoint_url: str | None = None
+    pick: str = "newest"  # of a run folder: its newest checkpoint, or the best-scored one (best/, train --eval-every)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class SamplingSetup:
     batch_size: int
     image_shape: tuple[int, int, int]  # (C, H, W)
     endpoint_url: str | None
+    picked: dict[str, Any] | None = None  # with pick "best": the evaluation record of the chosen checkpoint
 
     @property
     def num_levels(self) -> int:
@@ -117,7 +120,17 @@ def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
             f"no checkpoint given and the default training run {checkpoint_uri!r} does not exist "
             "(train one first, or name a checkpoint)"
         )
-    checkpoint, pinned = pin_checkpoint(checkpoint_uri, endpoint_url=endpoint)
+    picked, pin_uri = None, checkpoint_uri
+    if options.pick == "best":
+        run = Storage.from_uri(checkpoint_uri, endpoint_url=endpoint)
+        picked = read_best(run)
+        if picked is None:
+            raise UserError(f"{run.uri}: no evaluated checkpoint to pick ({BEST_FOLDER}/{BEST_SCORE} is missing); "
+                            "train with --eval-every K, or drop --pick best")
+        pin_uri = run.child(BEST_FOLDER).uri  # the job's default output still follows the run's name
+    elif options.pick != "newest":
+        raise UserError(f"pick must be newest or best, got {options.pick!r}")
+    checkpoint, pinned = pin_checkpoint(pin_uri, endpoint_url=endpoint)
     if checkpoint.config.model.kind == "toy_mlp":
         raise UserError(f"{pinned.uri}: a toy model; sampling jobs need an image model")
     config = override_sampling(checkpoint.config, options.overrides, steps_per_level=options.steps_per_level)
@@ -135,6 +148,7 @@ def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
         batch_size=options.batch_size or config.sampling.batch_size,
         image_shape=(data.channels, data.image_size, data.image_size),
         endpoint_url=endpoint,
+        picked=picked,
     )
 
 
@@ -169,8 +183,11 @@ def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -
 def manifest_extra(setup: SamplingSetup) -> dict[str, Any]:
     """Top-level manifest fields for readers: which checkpoint (and weights) and sampler."""
     weights = "ema" if setup.settings.use_ema and setup.checkpoint.ema_state is not None else "model"
-    return {"checkpoint": {**setup.pinned.to_dict(), "weights": weights}, "sampler": setup.settings.to_dict(),
-            "nfe_per_sample": setup.nfe_per_sample}
+    extra = {"checkpoint": {**setup.pinned.to_dict(), "weights": weights}, "sampler": setup.settings.to_dict(),
+             "nfe_per_sample": setup.nfe_per_sample}
+    if setup.picked is not None:
+        extra["picked"] = {"by": setup.picked["metric"], "score": setup.picked["score"], "step": setup.picked["step"]}
+    return extra
 
 
 def execute(job: SampleJob, setup: SamplingSetup, plan: ActorPlan, *, log: Log = print) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class TrainOptions:
     name: str | None = None  # run name (None: the config's name)
     num_workers: int = 1
     batch_per_worker: int | None = None  # examples a worker holds at once (gradient accumulation); None: its whole share
+    eval_every: int | None = None  # score every K-th checkpoint (overrides training.eval_every; 0: never)
+    eval_n: int | None = None  # samples per evaluation (overrides training.eval_n)
+    eval_metric: str | None = None  # digits | fid (overrides training.eval_metric)
+    inception_weights: str | None = None  # for eval_metric fid: a path or URI (default: the torch hub cache)
     use_gpu: bool = False
     cpus_per_worker: float | None = None
     steps: int | None = None
@@ -76,6 +80,9 @@ def _load_config(options: TrainOptions) -> Config:
         overrides.append(f"training.steps={options.steps}")
     if options.checkpoint_every is not None:
         overrides.append(f"training.checkpoint_every={options.checkpoint_every}")
+    for key in ("eval_every", "eval_n", "eval_metric"):
+        if getattr(options, key) is not None:
+            overrides.append(f"training.{key}={getattr(options, key)}")
     if overrides:
         config = apply_overrides(config, overrides, source=f"{options.config} with overrides")
     if config.model.kind not in IMAGE_MODELS:
@@ -111,7 +118,7 @@ def _resolve_data(options: TrainOptions, config: Config, log: Log) -> tuple[Stor
 
 
 # Training settings a resumed run may change freely (they do not change what is learnt).
-OPERATIONAL = {"steps", "checkpoint_every", "keep_checkpoints", "log_every"}
+OPERATIONAL = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "eval_n", "eval_metric"}
 
 
 def _resolve_auto(config: Config, data: Storage, manifest: DatasetManifest, log: Log) -> Config:
@@ -202,6 +209,22 @@ def _worker_resources(options: TrainOptions, total_cpus: float, streaming: bool,
     return cpus, threads
 
 
+def _check_evaluation(config: Config, manifest: DatasetManifest, data_uri: str, options: TrainOptions, log: Log) -> None:
+    """Evaluations during training that cannot run are bad input, found before any work."""
+    tc = config.training
+    if tc.eval_every == 0:
+        return
+    if tc.eval_metric == "digits" and (manifest.channels, manifest.height, manifest.width) != (1, 8, 8):
+        raise UserError(f"training.eval_metric digits scores 8x8 grey digits; {data_uri} holds "
+                        f"{manifest.channels}x{manifest.height}x{manifest.width} images (use --eval-metric fid)")
+    if tc.eval_metric == "fid":
+        from ..evaluate.fidelity import resolve_inception_weights
+
+        resolve_inception_weights(options.inception_weights, endpoint_url=options.endpoint_url, log=log)
+    log(f"[train] quality: {tc.eval_metric} of {tc.eval_n} samples at every "
+        f"{'' if tc.eval_every == 1 else f'{tc.eval_every}th '}checkpoint (a separate actor; the best is kept in best/)")
+
+
 def _micro_batches(batch_size: int, num_workers: int, batch_per_worker: int | None) -> int:
     """Micro-batches each worker accumulates per step so that it holds at most
     ``batch_per_worker`` examples at once while the global batch stays ``batch_size``."""
@@ -244,6 +267,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
             f"{per_worker * options.num_workers} images; {data.uri} has {manifest.num_rows}"
         )
+    _check_evaluation(config, manifest, data.uri, options, log)
     in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
     if in_memory:  # the workers read every shard whole: check them against the manifest first
         verify_shards(data, manifest, contents=True)
@@ -268,7 +292,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
             tracking=trackers, tracking_env=tracking_env,
             verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
-            micro_batches=micro_batches,
+            micro_batches=micro_batches, inception_weights=options.inception_weights,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
             f"{config.training.batch_size} over {options.num_workers} worker(s)"

@@ -42,11 +42,12 @@ from ncsn_core.checkpoint import CheckpointError, checkpoint_bytes
 from ncsn_core.config import Config
 
 from ..errors import JobFailed
-from ..io.figures import loss_plot
+from ..io.figures import curve_plot, hstack_panels, loss_plot
 from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STOPPED_FILE
 from ..console import format_seconds
 from ..testing import faults
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
+from .evaluation import EvaluationQueue, describe as describe_evaluation, to_json_line
 from .tracking import open_trackers
 from ..io.storage import Storage
 from ..data.format import read_manifest
@@ -84,6 +85,7 @@ class WorkerOptions:
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
     micro_batches: int = 1  # parts each worker's share of a step is accumulated in (--batch-per-worker)
+    inception_weights: str | None = None  # for training.eval_metric fid
 
 
 def _log(message: str) -> None:
@@ -219,15 +221,37 @@ class RunRecord:
         _log(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
              f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
 
+    def add_evaluations(self, records: list[dict[str, Any]]) -> None:
+        """Finished checkpoint evaluations: a ``metrics.jsonl`` line, a log line and tracker scalars each."""
+        for record in records:
+            self.lines.append(to_json_line(record))
+            _log(f"[train] quality at step {record['step']}: {describe_evaluation(record)}"
+                 + ("  (best so far)" if record.get("best") else ""))
+            values = {f"eval/{record['metric'].split('@')[0]}": record["score"],
+                      **{f"eval/{key}": record[key] for key in ("precision", "recall") if key in record}}
+            for tracker in self.trackers:
+                tracker.scalars(record["step"], values)
+        if records:
+            self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+
     def note(self, entry: dict[str, Any]) -> None:
         """Append a record that is not a loss window (e.g. settings changed on resume)."""
         self.lines.append(json.dumps(entry))
         self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
 
     def draw_loss(self) -> None:
-        records = [r for r in (json.loads(line) for line in self.lines) if "loss_per_sigma" in r]
+        """``loss.png``: the loss per noise level over steps and, beside it, the quality scores."""
+        parsed = [json.loads(line) for line in self.lines]
+        records = [r for r in parsed if "loss_per_sigma" in r]
         image = loss_plot([r["step"] for r in records], [r["loss_per_sigma"] for r in records], self.sigmas.tolist(),
                           title=f"{self.config.name}: loss per noise level (weighted by sigma^2)")
+        scores = sorted((r["step"], r["eval"]["score"]) for r in parsed if "eval" in r)
+        if scores:
+            metric = next(r["eval"]["metric"] for r in parsed if "eval" in r)
+            curve = curve_plot({metric: scores}, x_label="step", y_label=f"{metric} (lower is better)",
+                               title=f"{self.config.name}: quality of {metric.split('@')[0]} over steps", log_x=False,
+                               height=image.height)
+            image = hstack_panels([image, curve])
         self.run.write_png(LOSS_PLOT, image)
 
     def write_preview(self, state: TrainState, step: int, device: torch.device) -> str:
@@ -302,17 +326,20 @@ def _restore(state: TrainState, run: Storage, opts: WorkerOptions) -> str | None
     return None
 
 
-def _report_checkpoint(state: TrainState, rank: int) -> None:
-    """``ray.train.report`` with a checkpoint folder from rank 0 (the others report metrics only)."""
+def _report_checkpoint(state: TrainState, rank: int) -> bytes | None:
+    """``ray.train.report`` with a checkpoint folder from rank 0 (the others report metrics
+    only); returns the checkpoint's bytes on rank 0."""
     import ray.train
 
+    data = state.checkpoint_bytes() if rank == 0 else None
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            (Path(folder) / CHECKPOINT_FILE).write_bytes(state.checkpoint_bytes())
+            (Path(folder) / CHECKPOINT_FILE).write_bytes(data)
             (Path(folder) / STEP_FILE).write_text(f"{state.step}\n")
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({"step": state.step}, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+    return data
 
 
 def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, rank: int, world: int,
@@ -399,6 +426,10 @@ def _train(loop_config: dict[str, Any]) -> None:
     next_batch = _batch_source(config, opts, device, rank, world, state.step)
     window = LossWindow(config.noise.num_levels, device)
     record = RunRecord(run, config, state.sigmas, state.step, opts.tracking, opts.tracking_env) if rank == 0 else None
+    evals = None
+    if rank == 0 and tc.eval_every > 0:
+        evals = EvaluationQueue(run, metric=tc.eval_metric, n=tc.eval_n, data_uri=opts.data_uri,
+                                inception_weights=opts.inception_weights, log=_log)
     if record is not None and opts.config_changes:
         record.note({"step": state.step, "config_change": opts.config_changes})
     if rank == 0:
@@ -419,10 +450,15 @@ def _train(loop_config: dict[str, Any]) -> None:
         stats = window.close(state.step, state.sigmas)
         if record is not None:
             record.log_window(state.step, stats, per_worker * world, state.optimizer.param_groups[0]["lr"])
+            if evals is not None:
+                record.add_evaluations(evals.collect())
         if checkpoint_due:
             if faults.enabled("train.rank_digests"):
                 _write_rank_digest(run, state, rank, state.step)
-            _report_checkpoint(state, rank)
+            reported = _report_checkpoint(state, rank)
+            last = state.step >= tc.steps
+            if evals is not None and ((state.step // tc.checkpoint_every) % tc.eval_every == 0 or last):
+                evals.submit(state.step, reported)
             if record is not None:
                 record.draw_loss()
                 if opts.preview:
@@ -431,4 +467,7 @@ def _train(loop_config: dict[str, Any]) -> None:
                 record.checkpoint_done()
             window.started = time.perf_counter()  # keep checkpoint and preview time out of images/s
     if record is not None:
+        if evals is not None:
+            record.add_evaluations(evals.collect(wait=True))  # training is over: wait for the queued ones
+            record.draw_loss()
         record.close(finished=state.step >= tc.steps)

@@ -104,6 +104,12 @@ class MlflowLog:
                 values[f"loss_per_sigma/L{i:02d}_sigma{sigma:.4g}"] = value
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
     def image(self, step: int, grid: Any) -> None:
         self.client.log_image(self.run_id, grid.convert("RGB"), key="samples", step=step)
 

@@ -107,6 +107,14 @@ class TensorBoardLog:
         self._write(step, scalar("learning_rate", learning_rate))
         self.sync()
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Named scalars at ``step`` (the quality scores of checkpoint evaluations)."""
+        from tensorboardX.summary import scalar
+
+        for name, value in values.items():
+            self._write(step, scalar(name, float(value)))
+        self.sync()
+
     def image(self, step: int, grid: Any) -> None:
         """A preview grid (a PIL image) as ``samples`` at ``step``."""
         from tensorboardX.summary import image
