@@ -24,6 +24,13 @@ Rank 0 collects finished evaluations at its log windows and appends them to
 to the run's plot; at the end of training it waits for the evaluations still queued. The
 actor reserves one CPU when the cluster has one free when it starts, else none (it then
 shares the training workers' CPUs). A worker failure loses the evaluations still queued.
+
+Why not Ray Train's own asynchronous validation: it is an alpha API whose signature changed
+inside the Ray range this project supports (``report(validate_fn=..., validate_config=...)``
+in the 2.5x docs, ``ValidationConfig`` plus ``report(validation=...)`` in the pinned 2.60),
+and its validated metrics live in Ray Train's checkpoint records, not in the run folder that
+``generate.py --pick best`` and the trackers read. One actor of our own is a few lines and
+keeps the best checkpoint outside ``keep_checkpoints``' rotation.
 """
 
 from __future__ import annotations
