@@ -10,6 +10,7 @@ numerics against torch-fidelity, not the scores' meaning.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -158,3 +159,52 @@ def test_fd_dinov2_without_its_hub_files_is_a_clear_error(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "facebookresearch_dinov2" in result.stderr and "dinov2_vitb14_pretrain.pth" in result.stderr
     assert "Traceback" not in result.stderr and not (samples / "_scores.json").exists()
+
+
+STAND_IN_HUBCONF = """
+dependencies = ["torch"]
+import torch
+
+
+class StandIn(torch.nn.Module):
+    # 768-d features of 224x224 inputs, patch 14 like ViT-B/14: a stand-in for DINOv2's network
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patches = torch.nn.Conv2d(3, 768, 14, stride=14)
+
+    def forward(self, x):
+        return torch.tanh(self.patches(x)).mean((2, 3))
+
+
+def dinov2_vitb14(pretrained=True, **kwargs):
+    return StandIn()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_fd_dinov2_runs_offline_from_the_torch_hub_cache(tmp_path):
+    """The whole fd-dinov2 path (the driver's check, torch-fidelity's DINOv2 extractor loading
+    through torch hub, the actors, the Frechet distance) with a stand-in network in the hub
+    cache's facebookresearch_dinov2_main folder: DINOv2's code cannot be fetched here."""
+    hub = tmp_path / "torch-home" / "hub" / "facebookresearch_dinov2_main"
+    hub.mkdir(parents=True)
+    (hub / "hubconf.py").write_text(STAND_IN_HUBCONF)
+    samples, same, other = tmp_path / "samples", tmp_path / "same", tmp_path / "other"
+    write_sample_set(Storage.from_uri(str(samples)), digits_uint8(12), shard_size=4)
+    write_dataset(Storage.from_uri(str(same)), digits_uint8(12), shard_size=4)
+    write_dataset(Storage.from_uri(str(other)), 255 - digits_uint8(12), shard_size=4)
+    env = {**os.environ, **DEAD_PROXY, "TORCH_HOME": str(tmp_path / "torch-home")}
+    scores = {}
+    # The actor pool against identical images, this process (--no-ray) against other ones.
+    for name, reference, path in (("same", same, ["--num-actors", "2"]), ("other", other, ["--no-ray"])):
+        result = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"), "--samples", str(samples),
+                                 "--reference", str(reference), "--metrics", "fd-dinov2", "--json", *path],
+                                capture_output=True, text=True, timeout=280, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads(result.stdout.strip().splitlines()[-1])
+        (samples / "_scores.json").unlink()
+    assert abs(scores["same"]["metrics"]["fd_dinov2"]) < 1e-3, "identical sets: FD ~ 0"
+    assert scores["other"]["metrics"]["fd_dinov2"] > 1e-2
+    assert scores["same"]["reported"] == {"fd_dinov2@12": scores["same"]["metrics"]["fd_dinov2"]}
+    assert scores["same"]["feature_extraction"]["actors"] == 2
