@@ -37,11 +37,8 @@ Exit status: 0 done, 2 bad input (no scores written), 1 failed part-way.
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 METRICS = "fid,isc,kid"
 
@@ -67,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score against the first N reference images only (default: all)")
     parser.add_argument("--no-ray", action="store_true", help="run torch-fidelity in this process instead of on a "
                         "Ray actor pool (same scores)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print the scores as JSON on the last line")
+    storage_and_summary_flags(parser, "the scores as JSON")
     return parser
 
 
@@ -106,13 +102,7 @@ def options_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.evaluate import job as evaluate
 
-    return evaluate.run(options_from(args), log=functools.partial(print, flush=True))
+    return evaluate.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("evaluate", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("evaluate", parse_args, run)

@@ -17,11 +17,8 @@ that is not *.safetensors), 1 failed part-way (re-run).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the .safetensors file to write (path or URI)")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                         help="export the EMA weights (default: when the run has them) or, with --no-ema, the trained ones")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    storage_and_summary_flags(parser, "a JSON summary")
     return parser
 
 
@@ -39,13 +35,7 @@ def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.train.export import ExportOptions, run as export
 
     options = ExportOptions(checkpoint=args.checkpoint, out=args.out, ema=args.ema, endpoint_url=args.s3_endpoint)
-    return export(options, log=functools.partial(print, flush=True))
+    return export(options, log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_job("export", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("export", lambda argv: build_parser().parse_args(argv), run)

@@ -28,11 +28,8 @@ are kept; re-run the same command to resume).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--renoise", choices=("level", "step"), default="level",
                          help="fresh noise on the known pixels once per level (NCSN, default) or before every step "
                          "(NCSNv2)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    storage_and_summary_flags(parser, "a JSON summary")
     return parser
 
 
@@ -133,13 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.sample import inpaint
 
     job = generate if args.mode == "generate" else inpaint
-    return job.run(options_from(args), log=functools.partial(print, flush=True))
+    return job.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job(args.mode, lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main(lambda args: args.mode, parse_args, run)

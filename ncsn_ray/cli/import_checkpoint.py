@@ -23,11 +23,8 @@ mismatched tensor and its shapes; nothing is written).
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in", dest="source", required=True, help="the checkpoint file (path or URI)")
     parser.add_argument("--out", required=True, help="run folder to create (path or URI)")
     parser.add_argument("--step", type=int, help="step to record (default: the optimiser's step count in the file)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    storage_and_summary_flags(parser, "a JSON summary")
     return parser
 
 
@@ -63,13 +59,7 @@ def options_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.train import import_original as import_checkpoint
 
-    return import_checkpoint.run(options_from(args), log=functools.partial(print, flush=True))
+    return import_checkpoint.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("import_checkpoint", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("import_checkpoint", parse_args, run)

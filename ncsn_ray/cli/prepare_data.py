@@ -15,11 +15,8 @@ Exit status: 0 done, 2 bad input (nothing published), 1 failed part-way (re-run 
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 from ncsn_ray.data.sources import DATASETS, SourceUsageError, static_spec
 
 DEFAULT_SHARD_SIZE = 10_000  # = ncsn_ray.data.prepare.DEFAULT_SHARD_SIZE (not imported: --help stays fast)
@@ -36,10 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "be downloaded (default $NCSN_DATA_ROOT or ~/.cache/ncsn_ray/data)")
     p.add_argument("--image-size", type=int, default=None, metavar="S", help="imagefolder: resize to S x S (required)")
     p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="imagefolder: 1 grey or 3 RGB (default 3)")
-    p.add_argument("--s3-endpoint", default=None, metavar="URL",
-                   help="S3-compatible endpoint (MinIO, Ceph, R2); default $AWS_ENDPOINT_URL. Credentials: standard AWS chain only")
     p.add_argument("--no-download", action="store_true", help="never download; read only what is under --root")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    storage_and_summary_flags(p)  # credentials: the standard AWS chain only
     return p
 
 
@@ -68,13 +63,7 @@ def options_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.data import prepare
 
-    return prepare.run(options_from(args), log=functools.partial(print, flush=True))
+    return prepare.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("prepare_data", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("prepare_data", parse_args, run)

@@ -16,11 +16,8 @@ Exit status: 0 done, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +54,7 @@ def options_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from ncsn_ray import toy
 
-    return toy.run(options_from(args), log=functools.partial(print, flush=True))
+    return toy.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("toy", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("toy", parse_args, run)

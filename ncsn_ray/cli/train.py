@@ -19,11 +19,8 @@ Exit status: 0 done, 2 bad input (nothing started), 1 failed part-way (re-run to
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the latest checkpoint), default 3")
     p.add_argument("--data-cache", choices=["auto", "on", "off"], default="auto",
                    help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
-    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
     p.add_argument("--tracking", default="tensorboard", metavar="{tensorboard,mlflow,none}",
                    help="experiment tracking, comma-separated: TensorBoard event files in <run>/tensorboard (default), "
@@ -65,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-config-change", action="store_true", help="resume a run with other learning settings "
                    "(lr, batch size, loss, ...) than its checkpoint's; recorded in metrics.jsonl")
     p.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO lines")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    storage_and_summary_flags(p)
     return p
 
 
@@ -108,13 +104,7 @@ def options_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     from ncsn_ray.train import job as train
 
-    return train.run(options_from(args), log=functools.partial(print, flush=True))
+    return train.run(options_from(args), log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_job("train", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("train", parse_args, run)

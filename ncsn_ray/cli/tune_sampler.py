@@ -30,11 +30,8 @@ Exit status: 0 done, 2 bad input (nothing written), 1 failed part-way (re-run to
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from ncsn_ray.cli import job_parser
-from ncsn_ray.errors import run_job
+from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inception-weights", help="InceptionV3 weights file for fid/kid (local path or URI)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per trial")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    storage_and_summary_flags(parser, "the summary as JSON")
     return parser
 
 
@@ -67,13 +63,7 @@ def run(args: argparse.Namespace) -> dict:
                           tolerance=args.tolerance, out=args.out, reference=args.reference,
                           inception_weights=args.inception_weights, size=args.space, use_gpu=args.use_gpu,
                           max_concurrent=args.max_concurrent, endpoint_url=args.s3_endpoint)
-    return tune_job.run(options, log=functools.partial(print, flush=True))
+    return tune_job.run(options, log=PROGRESS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_job("tune", lambda: run(args), json_summary=args.json)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = job_main("tune", lambda argv: build_parser().parse_args(argv), run)

@@ -265,22 +265,12 @@ def _largest_distance(source, num_rows: int) -> tuple[float, int]:
     return max_pairwise_distance(flat), len(flat)
 
 
-def ensure_prepared(
-    dataset: str,
-    out_uri: str,
-    *,
-    shard_size: int | None = None,
-    root: str | None = None,
-    image_size: int | None = None,
-    channels: int | None = None,
-    endpoint_url: str | None = None,
-    download: bool = True,
-    log: Log = print,
-    on_shard: ShardHook | None = None,
-) -> DatasetManifest:
+def ensure_prepared(dataset: str, out_uri: str, *, image_size: int | None = None, channels: int | None = None,
+                    endpoint_url: str | None = None, log: Log = print, **prepare_kwargs: Any) -> DatasetManifest:
     """The manifest under ``out_uri`` if it is complete and holds ``dataset`` (same name and
     shape; the source is not opened, so a training job needs neither internet nor the source
-    files once the data is prepared); otherwise :func:`prepare_dataset` with the same arguments."""
+    files once the data is prepared); otherwise :func:`prepare_dataset` with the same
+    arguments (``prepare_kwargs``: its ``shard_size``, ``root``, ``download``, ``on_shard``)."""
     expected = static_spec(dataset, image_size=image_size, channels=channels)
     storage = Storage.from_uri(out_uri, endpoint_url=endpoint_url)
     if existing_name(storage, MANIFEST) is not None:
@@ -288,18 +278,8 @@ def ensure_prepared(
         if (manifest.name, manifest.height, manifest.width, manifest.channels) == (expected.name, *expected.shape):
             log(f"{_display(storage.uri)}: prepared {manifest.name} dataset found ({_summary(manifest)})")
             return manifest
-    return prepare_dataset(
-        dataset,
-        out_uri,
-        shard_size=shard_size,
-        root=root,
-        image_size=image_size,
-        channels=channels,
-        endpoint_url=endpoint_url,
-        download=download,
-        log=log,
-        on_shard=on_shard,
-    )
+    return prepare_dataset(dataset, out_uri, image_size=image_size, channels=channels, endpoint_url=endpoint_url,
+                           log=log, **prepare_kwargs)
 
 
 # --------------------------------------------------------------------------- helpers
