@@ -11,7 +11,10 @@ run, so a larger value continues it.
 
 Progress (step, loss and loss per sigma, images/s, time left) is printed and appended to
 <storage>/<name>/metrics.jsonl; each checkpoint redraws <storage>/<name>/loss.png and writes
-a sample grid to <storage>/<name>/samples/.
+a sample grid to <storage>/<name>/samples/. With --eval-every K (the digits default: every
+checkpoint) a separate actor samples and scores every K-th checkpoint while training goes on:
+the scores join metrics.jsonl and loss.png, and the best checkpoint is kept in
+<storage>/<name>/best/ (generate.py --pick best).
 
 Exit status: 0 done, 2 bad input (nothing started), 1 failed part-way (re-run to resume).
 """

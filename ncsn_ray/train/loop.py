@@ -13,6 +13,9 @@ Run folder ``{storage}/{name}/`` (names in :mod:`ncsn_ray.io.layout`):
 * ``metrics.jsonl``: one JSON object per log window (step, loss, loss per sigma, images/s).
 * ``loss.png``: the loss per noise level over steps, redrawn at each checkpoint.
 * ``samples/step_XXXXXXXX.png``: a grid sampled from the EMA weights at each checkpoint.
+* ``evals/step_XXXXXXXX.json`` and ``best/``: quality scores of checkpoints and the best one
+  (``training.eval_every``; :mod:`ncsn_ray.train.evaluation`).
+* ``tensorboard/``, ``mlflow.json``: the trackers' records (:mod:`ncsn_ray.train.tracking`).
 
 Step semantics: ``training.steps`` is the total number of optimiser steps of the run;
 ``training.batch_size`` is the global batch, ``batch_size // W`` per worker for W workers
