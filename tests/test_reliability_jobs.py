@@ -185,3 +185,44 @@ def test_evaluation_fails_part_way_and_resumes_after_the_store_went_away(store, 
 
     assert evaluate.main(args) == 0
     assert "_scores.json" in keys(store.endpoint, bucket, "samples/")
+
+
+@pytest.mark.timeout(400)
+def test_evaluation_on_the_actor_pool_fails_part_way_and_resumes_after_the_store_went_away(
+        ray_local, store, inception_weights_file, capsys):
+    """The default (actor pool) path: the store goes away once the inputs are checked and the
+    work has begun, before any actor reads a shard (the driver's "features of" line)."""
+    from ncsn_ray.errors import run_job
+    from ncsn_ray.evaluate.job import evaluate_on_ray
+
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    _client(store.endpoint).create_bucket(Bucket=bucket)
+    reference = Storage.from_uri(f"s3://{bucket}/reference", endpoint_url=store.endpoint)
+    samples = Storage.from_uri(f"s3://{bucket}/samples", endpoint_url=store.endpoint)
+    write_dataset(reference, digits_uint8(16))
+    write_sample_set(samples, digits_uint8(32)[16:])
+
+    stopped = []
+
+    def stop_at_work(line: str) -> None:
+        if "features of" in line and not stopped:
+            store.stop()
+            stopped.append(line)
+
+    def evaluate(log) -> dict:
+        return evaluate_on_ray(samples.uri, reference.uri, metrics="fid", inception_weights=str(inception_weights_file),
+                               endpoint_url=store.endpoint, batch_size=8, num_actors=1, log=log)
+
+    try:
+        code = run_job("evaluate", lambda: evaluate(stop_at_work))
+    finally:
+        if stopped:
+            store.start()
+    assert stopped, "the store was never stopped: the driver's progress line changed"
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED, err
+    assert "re-run the same command to resume" in err and "Traceback" not in err, err
+    assert "_scores.json" not in keys(store.endpoint, bucket, "samples/")
+
+    assert run_job("evaluate", lambda: evaluate(lambda _: None)) == 0
+    assert "_scores.json" in keys(store.endpoint, bucket, "samples/")
