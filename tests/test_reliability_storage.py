@@ -7,20 +7,17 @@ and the cause, exit code 2, nothing published, and never a traceback.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import threading
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ncsn_ray.data.format import DatasetError, read_manifest
 from ncsn_ray.sample.sample_set import SampleSetError, read_sample_manifest
-from ncsn_ray.io.storage import Storage, StorageError, describe_storage_error
+from ncsn_ray.io.storage import Storage, describe_storage_error
 from support.data import digits_uint8, write_dataset, write_sample_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,34 +80,6 @@ def test_access_denied_and_refused_credentials_are_named():
     assert describe_storage_error(refused).startswith("the credentials were refused")
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_exclusive_create_has_exactly_one_winner_among_racing_writers(where, s3_server, tmp_path):
-    if where == "s3":
-        import boto3
-
-        bucket = f"race-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1").create_bucket(Bucket=bucket)
-        storage = Storage.from_uri(f"s3://{bucket}/set", endpoint_url=s3_server["endpoint"])
-    else:
-        storage = Storage.from_uri(str(tmp_path / "set"))
-    results: list[tuple[int, bool]] = []
-    barrier = threading.Barrier(8)
-
-    def writer(k: int) -> None:
-        barrier.wait()
-        results.append((k, storage.create_exclusive("_job.json", f"writer {k}".encode())))
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [k for k, won in results if won]
-    assert len(winners) == 1 and storage.read_bytes("_job.json") == f"writer {winners[0]}".encode()
-    assert [n for n in storage.list() if "tmp" in n] == [], "no temporary file is left behind"
-
-
 @pytest.mark.timeout(300)
 def test_two_generation_jobs_with_different_settings_into_one_output(tmp_path):
     """Two `jobs/generate.py` processes start at once into the same --out with different
@@ -152,12 +121,3 @@ def test_manifests_may_not_point_outside_their_folder(tmp_path):
     samples.write_json("_manifest.json", sample_manifest)
     with pytest.raises(SampleSetError, match="outside the folder"):
         read_sample_manifest(samples)
-
-
-def test_a_failed_local_write_leaves_no_partial_file(tmp_path):
-    folder = Storage.from_uri(str(tmp_path))
-    (tmp_path / "target.parquet").mkdir()  # the rename onto it fails after the data was written
-    with pytest.raises(StorageError, match="target.parquet: cannot write"):
-        folder.write_bytes("target.parquet", b"x" * 10_000)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.parquet"], "the temporary file was removed"
-    assert json.loads(json.dumps(folder.list())) == ["target.parquet"]

@@ -5,6 +5,7 @@ on a laptop folder works the same on object storage."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 
 import pyarrow as pa
@@ -68,3 +69,31 @@ def test_missing_files_are_storage_errors_naming_them(storage):
         storage.read_bytes("nothing.bin")
     storage.check_writable()
     assert [n for n in storage.list() if n.startswith(".write-probe")] == [], "the probe is deleted"
+
+
+@pytest.mark.timeout(120)
+def test_exclusive_create_has_exactly_one_winner_among_racing_writers(storage):
+    results: list[tuple[int, bool]] = []
+    barrier = threading.Barrier(8)
+
+    def writer(k: int) -> None:
+        barrier.wait()
+        results.append((k, storage.create_exclusive("_job.json", f"writer {k}".encode())))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [k for k, won in results if won]
+    assert len(winners) == 1 and storage.read_bytes("_job.json") == f"writer {winners[0]}".encode()
+    assert [n for n in storage.list() if "tmp" in n] == [], "no temporary file is left behind"
+
+
+def test_a_failed_local_write_leaves_no_partial_file(tmp_path):
+    folder = Storage.from_uri(str(tmp_path))
+    (tmp_path / "target.parquet").mkdir()  # the rename onto it fails after the data was written
+    with pytest.raises(StorageError, match="target.parquet: cannot write"):
+        folder.write_bytes("target.parquet", b"x" * 10_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.parquet"], "the temporary file was removed"
+    assert folder.list() == ["target.parquet"]
