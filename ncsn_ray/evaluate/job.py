@@ -317,7 +317,7 @@ def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, metri
     begin_work()
     started = time.perf_counter()
     result = _base_result(inputs)
-    started_ray = init_ray(log=log)
+    started_ray = init_ray(log=log) if inputs.feature_metrics else False  # digits alone needs no cluster
     try:
         if inputs.feature_metrics:
             actors = ActorSettings(num_actors=num_actors, cpus_per_actor=cpus_per_actor, use_gpu=use_gpu,
