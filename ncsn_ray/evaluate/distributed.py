@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,15 @@ from .scores import DINOV2, INCEPTION, metric_kwargs, scores_from_features
 __all__ = ["ActorSettings", "extractor_specs", "sample_features", "reference_features"]
 
 
+@dataclass(kw_only=True)
 class ActorSettings:
     """Size of the feature-extraction pool: ``num_actors`` (None: one per GPU with ``use_gpu``,
-    else one per ``cpus_per_actor`` CPUs of the cluster) and rows per actor call."""
+    else one per ``cpus_per_actor`` CPUs of the cluster) and images per network pass."""
 
-    def __init__(self, *, num_actors: int | None, cpus_per_actor: float, use_gpu: bool, batch_size: int):
-        self.num_actors, self.cpus_per_actor, self.use_gpu, self.batch_size = (num_actors, cpus_per_actor, use_gpu,
-                                                                               batch_size)
+    num_actors: int | None
+    cpus_per_actor: float
+    use_gpu: bool
+    batch_size: int
 
     def pool_size(self) -> int:
         import ray

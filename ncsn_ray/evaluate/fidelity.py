@@ -168,7 +168,7 @@ def _sync_cache_up(cache: Storage, key: str, local: Path, before: set[str]) -> l
     return added
 
 
-def _load_reference(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> np.ndarray:
+def load_reference_images(storage: Storage, manifest: DatasetManifest, limit: int | None = None) -> np.ndarray:
     """The reference images in id order, ``(N, H, W, C)`` uint8; only the first ``limit`` if given."""
     return np.concatenate(list(iter_images(storage, manifest, limit)))
 
@@ -212,7 +212,7 @@ def inception_scores(
             before = _sync_cache_down(cache, key, local_cache, log)
             log(f"[evaluate] {', '.join(wanted)}: {n_samples} samples vs {n_reference} images of {reference.uri} "
                 f"({'cached reference features found' if before else 'reference features to compute'})")
-            inputs.update(input2=UInt8ImageDataset(lambda: _load_reference(reference, ref_manifest, reference_limit),
+            inputs.update(input2=UInt8ImageDataset(lambda: load_reference_images(reference, ref_manifest, reference_limit),
                                                    n_reference),
                           input2_cache_name=key, cache_root=str(local_cache), cache=True)
         scores = torch_fidelity.calculate_metrics(

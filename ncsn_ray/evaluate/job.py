@@ -30,7 +30,8 @@ from . import digits as digits_quality
 from ..console import Log
 from ..data.format import DatasetManifest, read_manifest, verify_shards
 from ..errors import UserError, begin_work
-from .fidelity import FEATURE_EXTRACTOR, INCEPTION_METRICS, FidelityError, inception_scores, resolve_inception_weights
+from .fidelity import (FEATURE_EXTRACTOR, INCEPTION_METRICS, FidelityError, inception_scores, load_reference_images,
+                       resolve_inception_weights)
 from .dinov2 import check_dinov2
 from .reference_stats import load_reference_stats
 from ..io.layout import SCORES
@@ -142,8 +143,15 @@ def _digits_scores(images: np.ndarray, log: Log) -> tuple[dict[str, float], dict
     return scalars, {"class_shares": scored["digits_class_shares"], "calibration": rows}
 
 
-def _inception_in(metrics: list[str]) -> bool:
-    return any(m in INCEPTION_METRICS for m in metrics)
+def _sample_images(inputs: EvalInputs) -> np.ndarray:
+    """Every sample of the set in seed order, ``(N, H, W, C)`` uint8, in this process."""
+    return np.concatenate([batch for _, batch in iter_sample_images(inputs.samples, inputs.sample_manifest)])
+
+
+def _add_digits(result: dict[str, Any], images: np.ndarray, log: Log) -> None:
+    scores, details = _digits_scores(images, log)
+    result["metrics"].update(scores)
+    result["digits"] = details
 
 
 def _resolve_weights_in_driver(inputs: EvalInputs, inception_weights: str | None, endpoint: str | None,
@@ -151,7 +159,7 @@ def _resolve_weights_in_driver(inputs: EvalInputs, inception_weights: str | None
     """``(weights reference for the workers, identity)``: a missing file (or a failed download
     into the hub cache) is bad input, found before any work begins; a local path is made
     absolute (the workers' working directory may differ)."""
-    if not _inception_in(inputs.metrics):
+    if not inputs.inception:
         return inception_weights, None
     if inception_weights and Storage.from_uri(inception_weights).is_local:
         inception_weights = str(Path(inception_weights).expanduser().resolve())
@@ -235,7 +243,7 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
         check_dinov2(dinov2_weights, endpoint)
     begin_work()
     started = time.perf_counter()
-    images = np.concatenate([batch for _, batch in iter_sample_images(inputs.samples, inputs.sample_manifest)])
+    images = _sample_images(inputs)
     result = _base_result(inputs)
     by_torch_fidelity = [m for m in inputs.inception if not (m == "fid" and inputs.reference_stats is not None)]
     if by_torch_fidelity:
@@ -256,16 +264,12 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
         ref_specs = extractor_specs(own, for_reference=True, **common)
         theirs = None
         if ref_specs:
-            from ..data.format import iter_images
-
-            ref_images = np.concatenate(list(iter_images(inputs.reference, inputs.ref_manifest, reference_limit)))
+            ref_images = load_reference_images(inputs.reference, inputs.ref_manifest, reference_limit)
             theirs = _local_features(ref_specs, ref_images, dev, batch_size)
         kwargs = metric_kwargs(inputs.n_samples, None, kid_subset_size)
         result["metrics"].update(scores_from_features(own, mine, theirs, kwargs, inputs.reference_stats))
     if "digits" in inputs.metrics:
-        scores, details = _digits_scores(images, log)
-        result["metrics"].update(scores)
-        result["digits"] = details
+        _add_digits(result, images, log)
     return _publish(inputs, result, started, log)
 
 
@@ -337,10 +341,7 @@ def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, metri
 
             ray.shutdown()
     if "digits" in inputs.metrics:
-        images = np.concatenate([batch for _, batch in iter_sample_images(inputs.samples, inputs.sample_manifest)])
-        scores, details = _digits_scores(images, log)
-        result["metrics"].update(scores)
-        result["digits"] = details
+        _add_digits(result, _sample_images(inputs), log)  # 8x8 images: the whole set is small
     return _publish(inputs, result, started, log)
 
 
