@@ -217,7 +217,7 @@ class RunRecord:
                   "images_per_s": round(images_per_s, 2), "time": round(time.time(), 3),
                   "loop_started_at": round(self.loop_started_at, 3)}
         self.lines.append(json.dumps(record))
-        self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        self._save_lines()
         for tracker in self.trackers:
             tracker.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate)
         per_sigma = " ".join(f"{v:.3g}" if v is not None else "-" for v in window["per_sigma"])
@@ -235,12 +235,16 @@ class RunRecord:
             for tracker in self.trackers:
                 tracker.scalars(record["step"], values)
         if records:
-            self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+            self._save_lines()
+
+    def _save_lines(self) -> None:
+        """Rewrite ``metrics.jsonl`` whole (object storage has no append)."""
+        self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
 
     def note(self, entry: dict[str, Any]) -> None:
         """Append a record that is not a loss window (e.g. settings changed on resume)."""
         self.lines.append(json.dumps(entry))
-        self.run.write_bytes(METRICS_FILE, ("\n".join(self.lines) + "\n").encode())
+        self._save_lines()
 
     def draw_loss(self) -> None:
         """``loss.png``: the loss per noise level over steps and, beside it, the quality scores."""
