@@ -90,6 +90,17 @@ _PORT_NAMES = (
     "ray-client-server-port",
 )
 
+_START_ATTEMPTS = 2
+_RAY_STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when the raylet misses its 30 s
+
+
+class HeadStartupTimedOut(RuntimeError):
+    """``ray start`` gave up because its raylet did not register with the GCS in time."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass
 class RayHead:
@@ -229,6 +240,49 @@ def local_ray_head(
         f.write(secrets.token_hex(32))
     auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
+    prev_subreaper = subreaper(True)
+    try:
+        # Ray's own start-up gives the raylet 30 s to register with the GCS; on a loaded
+        # 2-core machine it has missed that once in many runs ("The current node timed out
+        # during startup"). One fresh try (new ports, temp dir and tag) absorbs that;
+        # any other failure, or a second timeout, is raised as it is.
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            head = _launch_head(
+                tmp_path=tmp_path, auth_env=auth_env, env=env, num_cpus=num_cpus,
+                object_store_memory=object_store_memory, num_gpus=num_gpus,
+                autoscaling_config=autoscaling_config,
+            )
+            try:
+                _wait_ready(head, startup_timeout)
+                break
+            except HeadStartupTimedOut as error:
+                _stop_cluster(head.process, head.tag, head.temp_dir)
+                if attempt == _START_ATTEMPTS:
+                    raise
+                print(f"local_ray_head: attempt {attempt} failed ({error.reason}); starting again", file=sys.stderr)
+            except BaseException:
+                _stop_cluster(head.process, head.tag, head.temp_dir)
+                raise
+        try:
+            yield head
+        finally:
+            _stop_cluster(head.process, head.tag, head.temp_dir)
+    finally:
+        if prev_subreaper is not None:
+            subreaper(prev_subreaper)
+
+
+def _launch_head(
+    *,
+    tmp_path: Path,
+    auth_env: dict[str, str],
+    env: dict[str, str] | None,
+    num_cpus: int,
+    object_store_memory: int,
+    num_gpus: int | None,
+    autoscaling_config: dict | None,
+) -> RayHead:
+    """Start ``ray start --head --block`` on free ports with a fresh temp dir and tag."""
     ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES))))
     # Unix socket paths live under the temp dir and are limited to ~107 bytes: keep it short.
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
@@ -273,9 +327,8 @@ def local_ray_head(
         cmd.append(f"--autoscaling-config={config_path}")
     cmd += [f"--{name}={port}" for name, port in ports.items()]
 
-    prev_subreaper = subreaper(True)
-    try:
-        with open(log_path, "wb") as log_file:
+    with open(log_path, "wb") as log_file:
+        try:
             process = subprocess.Popen(
                 cmd,
                 env=head_env,
@@ -285,12 +338,10 @@ def local_ray_head(
                 start_new_session=True,  # own process group: cleanup cannot reach the caller
                 cwd=str(tmp_path),
             )
-    except BaseException:
-        if prev_subreaper is not None:
-            subreaper(prev_subreaper)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    head = RayHead(
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+    return RayHead(
         address=f"127.0.0.1:{ports['port']}",
         dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}",
         env=auth_env,
@@ -301,15 +352,6 @@ def local_ray_head(
         tag=tag,
         process=process,
     )
-    try:
-        _wait_ready(head, startup_timeout)
-        yield head
-    finally:
-        try:
-            _stop_cluster(process, tag, temp_dir)
-        finally:
-            if prev_subreaper is not None:
-                subreaper(prev_subreaper)
 
 
 def fake_autoscaling_config(worker_node_types: dict, *, max_workers: int, idle_timeout_minutes: float) -> dict:
@@ -345,10 +387,11 @@ def _wait_ready(head: RayHead, timeout: float) -> None:
     agent = f"http://127.0.0.1:{head.ports['dashboard-agent-listen-port']}/api/local_raylet_healthz"
     while time.monotonic() < deadline:
         if not head.alive():
-            raise RuntimeError(
-                f"ray start exited with code {head.process.returncode}; log tail:\n"
-                + _tail(head.log_path, head.token_path)
-            )
+            log_tail = _tail(head.log_path, head.token_path)
+            message = f"ray start exited with code {head.process.returncode}; log tail:\n" + log_tail
+            if _RAY_STARTUP_TIMEOUT in log_tail:
+                raise HeadStartupTimedOut(message, reason="the raylet did not register with the GCS in 30 s")
+            raise RuntimeError(message)
         if (
             http_status(head.dashboard_url + "/api/jobs/", headers=head.auth_headers()) == 200
             and http_status(agent) == 200
