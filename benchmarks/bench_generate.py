@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ncsn_core import build_model, geometric_sigmas, load_config, save_checkpoint  # noqa: E402
+from ncsn_ray import configs  # noqa: E402
 from ncsn_ray.sample import generate  # noqa: E402
 from ncsn_ray.train.checkpoints import pin_checkpoint  # noqa: E402
 from ncsn_ray.sample.generate import GenerateOptions, default_shard_size  # noqa: E402
@@ -80,7 +81,7 @@ def sampler_ratio(checkpoint_uri: str, n: int, tmp_path: Path, fast: list[str]) 
 
 
 def random_checkpoint(config_name: str, folder: Path) -> str:
-    config = load_config(ROOT / "ncsn_ray" / "configs" / f"{config_name}.yaml")
+    config = load_config(configs.resolve(config_name))
     if config.has_auto():
         raise SystemExit(f"{config_name}: its auto values come from a dataset; pass --checkpoint of a trained run "
                          "or a config without auto values (e.g. digits-ncsn)")

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ncsn_core import load_config  # noqa: E402
+from ncsn_ray import configs  # noqa: E402
 from ncsn_ray.evaluate import digits as digits_quality  # noqa: E402
 from ncsn_ray.evaluate import job as evaluate  # noqa: E402
 from ncsn_ray.sample import generate  # noqa: E402
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.keep or scratch)
         quiet = lambda message: None  # noqa: E731 - the stage lines are the progress
+        args.config = configs.resolve(args.config)
         load_config(args.config)  # a bad path or key fails here, before anything runs
         ensure_prepared("digits", str(work / "data"), log=quiet)
         trained, train_s = stage("train", lambda: train.run(TrainOptions(

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from benchmarks.machine import describe, machine_facts  # noqa: E402
 from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from ncsn_ray import configs  # noqa: E402
 from ncsn_core.config import resolve_auto  # noqa: E402
 from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
 from ncsn_ray.data.global_batches import GlobalBatches  # noqa: E402
@@ -74,11 +75,11 @@ def score_ema(config, ema_model: torch.nn.Module, sigmas: torch.Tensor, n: int, 
 
 
 def recipe_config(name: str, overrides: list[str], max_distance: float):
-    """The digits config (or ``config=PATH`` among the overrides) with the overrides applied and
+    """The digits config (or ``config=NAME_OR_PATH`` among the overrides) with the overrides applied and
     ``auto`` values resolved as the training job resolves them."""
     paths = [o.split("=", 1)[1] for o in overrides if o.startswith("config=")]
     overrides = [o for o in overrides if not o.startswith("config=")]
-    config = load_config(str(ROOT / paths[-1]) if paths else str(DEFAULT_CONFIG))
+    config = load_config(configs.resolve(paths[-1]) if paths else str(DEFAULT_CONFIG))
     if overrides:
         config = apply_overrides(config, overrides, source=f"recipe {name}")
     if config.has_auto():

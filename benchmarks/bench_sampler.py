@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
 from ncsn_core import annealed_langevin, build_model, geometric_sigmas, initial_samples, load_config, make_score_fn  # noqa: E402
+from ncsn_ray import configs  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -35,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    config = load_config(ROOT / "ncsn_ray" / "configs" / f"{name}.yaml")
+    config = load_config(configs.resolve(name))
     if config.has_auto():
         raise SystemExit(f"{name}: its auto values come from a dataset; choose a config without them (e.g. digits-ncsn)")
     model = build_model(config).to(device).eval()

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from ncsn_ray import configs  # noqa: E402
 from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
 from ncsn_core.config import resolve_auto  # noqa: E402
 from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-only", action="store_true",
                         help="print only the plain loop's img/s: this machine's speed, by which README times scale")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(configs.resolve(args.config))
     device = torch.device("cuda" if args.use_gpu else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         data_uri = args.data or str(Path(tmp) / "data")
