@@ -56,11 +56,27 @@ class _NoReraisedTracebacks(logging.Filter):
         return not (record.levelno >= logging.ERROR and record.name.startswith(self.SOURCES))
 
 
+class _NoPipelineChatter(logging.Filter):
+    """Drops, from the console only, two lines Ray Data prints about settings the jobs chose:
+    the warning that progress bars are disabled (the jobs disable them and print their own
+    progress) and the INFO "Dataset ... execution finished in N seconds" (the job prints its
+    own ``done:`` line). Warnings about anything else, and every record in ``ray-data.log``,
+    stay."""
+
+    MESSAGES = ((logging.WARNING, "ray.data._internal.progress", "Progress bars disabled"),
+                (logging.INFO, "ray.data._internal.execution.streaming_executor", "execution finished in"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.levelno == level and record.name == name and text in record.getMessage()
+                       for level, name, text in self.MESSAGES)
+
+
 def quiet_ray_data() -> None:
     """Ray Data settings of the project's pipelines: no progress bars or 'Starting execution'
     banners (each job prints its own progress), errors raised in our actors reach the
     driver as themselves rather than as a generic ``UserCodeException``, and they are not
-    printed a second time with Ray's internal frames (:class:`_NoReraisedTracebacks`)."""
+    printed a second time with Ray's internal frames (:class:`_NoReraisedTracebacks`); nor
+    are Ray Data's notes on those settings (:class:`_NoPipelineChatter`)."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
@@ -69,8 +85,9 @@ def quiet_ray_data() -> None:
     context.raise_original_map_exception = True
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            if not any(isinstance(f, _NoReraisedTracebacks) for f in handler.filters):
-                handler.addFilter(_NoReraisedTracebacks())
+            for kind in (_NoReraisedTracebacks, _NoPipelineChatter):
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())
 
 
 class _OneLineFailures(logging.Filter):
