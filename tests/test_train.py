@@ -258,6 +258,41 @@ def test_quality_is_scored_during_training_and_generate_picks_the_best_checkpoin
     assert generate_main(["--checkpoint", str(empty / "tiny"), "--pick", "best", "--n", "4"]) == 2
 
 
+@pytest.mark.timeout(500)
+def test_evaluations_lost_with_a_failed_worker_are_made_again_and_end_as_in_an_uninterrupted_run(
+        ray_local, digits_local, tmp_path, monkeypatch, capsys):
+    from ncsn_ray.train.evaluation import read_best, read_evaluations
+
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(digits_local), "--storage", str(tmp_path / "runs"),
+              "--steps", "8", "--checkpoint-every", "2", "--eval-every", "1", "--eval-n", "16", "--no-preview",
+              "--tracking", "none"]
+    assert train_main([*common, "--name", "straight", "--max-failures", "0"]) == 0
+    # Killed after step 5: the evaluator dies with the worker, with the evaluations of the
+    # step-2 and step-4 checkpoints still queued (its start alone outlasts steps 1-5).
+    monkeypatch.setenv(faults.ENV, "train.kill_worker_at_step=5")
+    capsys.readouterr()
+    assert train_main([*common, "--name", "killed", "--max-failures", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "runs" / "killed" / ".injected-failure-done").exists(), "the failure was not injected"
+    assert "evaluating again the checkpoints of step(s)" in out, out[-3000:]
+
+    def scores(name: str) -> dict[int, float]:
+        return {e["step"]: e["score"] for e in read_evaluations(Storage.from_uri(str(tmp_path / "runs" / name)))}
+
+    expected = scores("straight")
+    assert sorted(expected) == [2, 4, 6, 8]
+    assert scores("killed") == expected, "every due checkpoint is scored, with the uninterrupted run's scores"
+    logged = [m for m in metrics(tmp_path / "runs" / "killed") if "eval" in m]
+    assert sorted(m["step"] for m in logged) == [2, 4, 6, 8], "metrics.jsonl holds each evaluation once"
+    assert {m["step"]: m["eval"]["score"] for m in logged} == expected
+    straight_best = read_best(Storage.from_uri(str(tmp_path / "runs" / "straight")))
+    killed_best = read_best(Storage.from_uri(str(tmp_path / "runs" / "killed")))
+    assert (killed_best["step"], killed_best["score"]) == (straight_best["step"], straight_best["score"])
+    assert training_state_digests(tmp_path / "runs" / "killed" / "best" / "checkpoint.pt") == \
+        training_state_digests(tmp_path / "runs" / "straight" / "best" / "checkpoint.pt")
+
+
 @pytest.mark.timeout(400)
 def test_a_non_finite_loss_stops_training_at_once_naming_step_and_level(ray_local, digits_local, tmp_path, capfd):
     config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})

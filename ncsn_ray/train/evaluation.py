@@ -23,7 +23,16 @@ Rank 0 collects finished evaluations at its log windows and appends them to
 ``metrics.jsonl`` (``{"step": s, "eval": {...}}``), to the trackers (``eval/<metric>``) and
 to the run's plot; at the end of training it waits for the evaluations still queued. The
 actor reserves one CPU when the cluster has one free when it starts, else none (it then
-shares the training workers' CPUs). A worker failure loses the evaluations still queued.
+shares the training workers' CPUs).
+
+Faults change nothing here either: a worker failure takes the evaluator with it, and the
+evaluations it still had queued with them; when the run resumes (Ray Train's restart or a
+re-run of the command), rank 0 first evaluates every due checkpoint up to the resumed step
+that has no ``evals/`` record and is still kept, and adds to ``metrics.jsonl`` the records
+that were written but never collected (:meth:`EvaluationQueue.catch_up`). Sampling is
+seeded and the checkpoints are bit-identical to an uninterrupted run's, so the records and
+``best/`` end the same. A due checkpoint that ``keep_checkpoints`` already rotated away
+cannot be evaluated any more: the job says which.
 
 Why not Ray Train's own asynchronous validation: it is an alpha API whose signature changed
 inside the Ray range this project supports (``report(validate_fn=..., validate_config=...)``
@@ -41,9 +50,10 @@ from typing import Any, Callable
 
 from ..io.layout import CHECKPOINT_FILE, STEP_FILE
 from ..io.storage import Storage
+from .checkpoints import list_checkpoints
 
 __all__ = ["EVAL_METRICS", "EVALS_FOLDER", "BEST_FOLDER", "BEST_SCORE", "CheckpointEvaluator", "EvaluationQueue",
-           "read_best", "read_evaluations"]
+           "evaluation_due", "read_best", "read_evaluations"]
 
 EVAL_METRICS = ("digits", "fid")
 EVALS_FOLDER = "evals"
@@ -105,6 +115,14 @@ class CheckpointEvaluator:
         return record
 
 
+def evaluation_due(step: int, *, checkpoint_every: int, eval_every: int, total_steps: int) -> bool:
+    """Whether the checkpoint of ``step`` is evaluated: every ``eval_every``-th one (checkpoints
+    fall on multiples of ``checkpoint_every``) and always the last."""
+    if step >= total_steps:
+        return True
+    return step % checkpoint_every == 0 and (step // checkpoint_every) % eval_every == 0
+
+
 def read_best(run: Storage) -> dict[str, Any] | None:
     """The record of the run's best-scored checkpoint (``best/score.json``), or None."""
     folder = run.child(BEST_FOLDER)
@@ -136,6 +154,30 @@ class EvaluationQueue:
 
     def submit(self, step: int, checkpoint: bytes) -> None:
         self._pending[self._actor.evaluate.remote(step, checkpoint)] = step
+
+    def catch_up(self, run: Storage, resumed_step: int, due: Callable[[int], bool],
+                 logged_steps: set[int]) -> list[dict[str, Any]]:
+        """After a resumption at ``resumed_step``: submit every due checkpoint up to it that has
+        no record and is still kept (its evaluation was lost with a failed worker), and return
+        the records up to it that ``metrics.jsonl`` lacks (``logged_steps``: the steps it has),
+        for the caller to log. Says which due checkpoints are gone and cannot be evaluated."""
+        if resumed_step <= 0:
+            return []
+        records = {r["step"]: r for r in read_evaluations(run) if r["step"] <= resumed_step}
+        kept = {step: name for step, name in list_checkpoints(run) if 0 < step <= resumed_step}
+        missing = [s for s in range(1, resumed_step + 1) if due(s) and s not in records]
+        for step in missing:
+            if step in kept:
+                self.submit(step, run.read_bytes(f"{kept[step]}/{CHECKPOINT_FILE}"))
+        resubmitted = [s for s in missing if s in kept]
+        gone = [s for s in missing if s not in kept]
+        if resubmitted:
+            self.log(f"[train] evaluating again the checkpoints of step(s) {', '.join(map(str, resubmitted))}: "
+                     "their evaluations were lost with a failed worker")
+        if gone:
+            self.log(f"[train] the checkpoints of step(s) {', '.join(map(str, gone))} were never evaluated and are "
+                     "no longer kept (keep_checkpoints): they stay without a score")
+        return [records[s] for s in sorted(records) if s not in logged_steps]
 
     def collect(self, wait: bool = False) -> list[dict[str, Any]]:
         """The evaluations finished so far (all of them with ``wait``); a failed one is logged."""

@@ -50,7 +50,7 @@ from ..io.layout import CHECKPOINT_FILE, LOSS_PLOT, METRICS_FILE, STEP_FILE, STO
 from ..console import format_seconds
 from ..testing import faults
 from ..sample.sampler import Sampler, SamplerSettings, preview_grid
-from .evaluation import EvaluationQueue, describe as describe_evaluation, to_json_line
+from .evaluation import EvaluationQueue, describe as describe_evaluation, evaluation_due, to_json_line
 from .tracking import open_trackers
 from ..io.storage import Storage
 from ..data.format import read_manifest
@@ -236,6 +236,10 @@ class RunRecord:
                 tracker.scalars(record["step"], values)
         if records:
             self._save_lines()
+
+    def evaluation_steps(self) -> set[int]:
+        """The steps whose evaluation ``metrics.jsonl`` already holds."""
+        return {entry["step"] for entry in map(json.loads, self.lines) if "eval" in entry}
 
     def _save_lines(self) -> None:
         """Rewrite ``metrics.jsonl`` whole (object storage has no append)."""
@@ -439,6 +443,13 @@ def _train(loop_config: dict[str, Any]) -> None:
                                 inception_weights=opts.inception_weights, log=_log)
     if record is not None and opts.config_changes:
         record.note({"step": state.step, "config_change": opts.config_changes})
+
+    def due(step: int) -> bool:
+        return evaluation_due(step, checkpoint_every=tc.checkpoint_every, eval_every=tc.eval_every,
+                              total_steps=tc.steps)
+
+    if evals is not None and record is not None:
+        record.add_evaluations(evals.catch_up(run, state.step, due, record.evaluation_steps()))
     if rank == 0:
         _log(f"[train] first step: {state.step + 1} of {tc.steps}")
 
@@ -463,8 +474,7 @@ def _train(loop_config: dict[str, Any]) -> None:
             if faults.enabled("train.rank_digests"):
                 _write_rank_digest(run, state, rank, state.step)
             reported = _report_checkpoint(state, rank)
-            last = state.step >= tc.steps
-            if evals is not None and ((state.step // tc.checkpoint_every) % tc.eval_every == 0 or last):
+            if evals is not None and due(state.step):
                 evals.submit(state.step, reported)
             if record is not None:
                 record.draw_loss()
