@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.machine import describe, machine_facts  # noqa: E402
-from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from ncsn_core import (EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, loss_options,  # noqa: E402
+                       make_optimizer, train_step)
 from ncsn_ray import configs  # noqa: E402
 from ncsn_core.config import resolve_auto  # noqa: E402
 from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
@@ -107,7 +108,7 @@ def train_recipe(name: str, config, images: torch.Tensor, eval_every: int, n: in
             step += 1
             x, draws = step_inputs(batches, step, config)
             train_step(model, optimizer, loss_fn, x, sigmas, ema=ema, grad_clip=tc.grad_clip,
-                       anneal_power=tc.anneal_power, **draws)
+                       **loss_options(config), **draws)
         trained_s += time.perf_counter() - started
         row = {"recipe": name, "step": step, "train_s": round(trained_s, 1), "images": step * tc.batch_size,
                "images_per_s": round(step * tc.batch_size / trained_s, 1), **score_ema(config, ema.module, sigmas, n)}

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ncsn_core import EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, make_optimizer, train_step  # noqa: E402
+from ncsn_core import (EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, loss_options,  # noqa: E402
+                       make_optimizer, train_step)
 from ncsn_ray import configs  # noqa: E402
 from benchmarks.machine import describe, forward_flops, machine_facts  # noqa: E402
 from ncsn_core.config import resolve_auto  # noqa: E402
@@ -79,7 +80,7 @@ def plain_images_per_s(config, images: torch.Tensor, steps: int, warmup: int, de
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = train_step(model, opt, loss_fn, x, sigmas, ema=ema, grad_clip=config.training.grad_clip,
-                         anneal_power=config.training.anneal_power)
+                         **loss_options(config))
         float(out.loss.detach())  # the Ray loop checks finiteness on the host at log steps; keep work comparable
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -57,10 +57,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "ncsn"  # ncsn (NCSN, images) | ncsnv2 (NCSNv2, images) | toy_mlp (2-D data)
+    kind: str = "ncsn"  # ncsn (NCSN, images) | ncsnv2 (NCSNv2, images) | mlp (small images) | toy_mlp (2-D data)
     ngf: int = 64  # NCSN base width: 64 for MNIST, 128 for CIFAR-10/CelebA in the paper
-    hidden: int = 128  # toy_mlp hidden width
-    depth: int = 3  # toy_mlp hidden layers
+    hidden: int = 128  # toy_mlp and mlp: hidden width
+    depth: int = 3  # toy_mlp and mlp: hidden layers
+    sigma_data: float = 0.5  # mlp: the data's standard deviation (pixels in [0, 1]) for EDM's preconditioning
 
 
 @dataclass
@@ -74,6 +75,9 @@ class NoiseConfig:
 class TrainingConfig:
     loss: str = "dsm"  # dsm (denoising) | ssm (sliced)
     anneal_power: float = 2.0  # lambda(sigma) = sigma ** anneal_power
+    # sigma_power: lambda(sigma) = sigma ** anneal_power (the paper) | edm: EDM's weighting,
+    # lambda(sigma) = sigma^2 (sigma^2 + sigma_data^2) / sigma_data^2 with model.sigma_data
+    loss_weighting: str = "sigma_power"
     n_projections: int = 1  # ssm only: random projections per example
     batch_size: int = 128  # global batch size (split across workers)
     lr: float = 1e-3
@@ -142,7 +146,8 @@ class Config:
     def validate(self, source: str = "<config>") -> "Config":
         _check(source, "data.dataset", self.data.dataset,
                ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder", "toy"))
-        _check(source, "model.kind", self.model.kind, ("ncsn", "ncsnv2", "toy_mlp"))
+        _check(source, "model.kind", self.model.kind, ("ncsn", "ncsnv2", "mlp", "toy_mlp"))
+        _check(source, "training.loss_weighting", self.training.loss_weighting, ("sigma_power", "edm"))
         for key, value in (("noise.sigma_max", self.noise.sigma_max), ("noise.num_levels", self.noise.num_levels),
                            ("sampling.eps", self.sampling.eps)):
             if isinstance(value, str) and value != "auto":
@@ -159,6 +164,7 @@ class Config:
             "model.ngf": self.model.ngf,
             "model.hidden": self.model.hidden,
             "model.depth": self.model.depth,
+            "model.sigma_data": self.model.sigma_data,
             "noise.sigma_max": self.noise.sigma_max,
             "noise.sigma_min": self.noise.sigma_min,
             "noise.num_levels": self.noise.num_levels,

@@ -8,7 +8,13 @@ Both losses take the same arguments and return a :class:`LossOutput`:
 * ``x``: a batch of clean data ``(B, ...)``.
 * One random level per example (uniform over the L levels), as the paper trains.
 * Each example's loss is weighted by ``lambda(sigma) = sigma ** anneal_power``; the paper
-  uses ``anneal_power = 2`` so that every level contributes on the same scale.
+  uses ``anneal_power = 2`` so that every level contributes on the same scale. With
+  ``sigma_data`` given instead, by EDM's weighting (Karras et al. 2022) expressed on the
+  score: ``lambda(sigma) = sigma^2 (sigma^2 + sigma_data^2) / sigma_data^2``, which is
+  ``1 / c_out(sigma)^2`` on the denoiser ``D = x + sigma^2 s`` (see
+  :class:`ncsn_core.model.PreconditionedMLP`).
+
+:func:`loss_options` gives the keyword arguments a config asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["LossOutput", "dsm_loss", "ssm_loss", "LOSSES", "per_level_means"]
+__all__ = ["LossOutput", "dsm_loss", "ssm_loss", "LOSSES", "loss_options", "loss_weight", "per_level_means"]
 
 ScoreModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,6 +72,26 @@ def _per_level_sigma(x: torch.Tensor, sigmas: torch.Tensor, levels: torch.Tensor
     return sigmas.to(x.device, x.dtype)[levels].view(-1, *([1] * (x.ndim - 1)))
 
 
+def loss_weight(sigma: torch.Tensor, anneal_power: float = 2.0, sigma_data: float | None = None) -> torch.Tensor:
+    """``lambda(sigma)`` elementwise: ``sigma ** anneal_power``, or EDM's weighting when
+    ``sigma_data`` is given (see the module docstring)."""
+    if sigma_data is None:
+        return sigma**anneal_power
+    return sigma**2 * (sigma**2 + sigma_data**2) / sigma_data**2
+
+
+def loss_options(config) -> dict:
+    """The loss keyword arguments of a :class:`ncsn_core.config.Config`: ``anneal_power``,
+    ``sigma_data`` under ``training.loss_weighting: edm``, ``n_projections`` for SSM."""
+    tc = config.training
+    options: dict = {"anneal_power": tc.anneal_power}
+    if tc.loss_weighting == "edm":
+        options["sigma_data"] = config.model.sigma_data
+    if tc.loss == "ssm":
+        options["n_projections"] = tc.n_projections
+    return options
+
+
 def dsm_loss(
     model: ScoreModel,
     x: torch.Tensor,
@@ -75,11 +101,13 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     levels: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    sigma_data: float | None = None,
 ) -> LossOutput:
     """Denoising score matching (paper eq. 5-6).
 
     ``l(sigma) = 1/2 E || s(x~, sigma) + (x~ - x) / sigma^2 ||^2`` with ``x~ = x + sigma z``,
-    summed over dimensions, weighted by ``sigma ** anneal_power``, averaged over the batch.
+    summed over dimensions, weighted by :func:`loss_weight` (``sigma ** anneal_power``, or EDM's
+    with ``sigma_data``), averaged over the batch.
     ``levels`` ``(B,)`` fixes each example's level and ``noise`` (shaped like ``x``) its
     ``z``, instead of drawing them from ``generator``.
     """
@@ -91,7 +119,7 @@ def dsm_loss(
     target = -z / sigma  # = -(x~ - x) / sigma^2
     score = model(x_noisy, levels)
     sq = ((score - target) ** 2).flatten(1).sum(1)
-    per_example = 0.5 * sq * sigma.flatten() ** anneal_power
+    per_example = 0.5 * sq * loss_weight(sigma.flatten(), anneal_power, sigma_data)
     return LossOutput(per_example.mean(), per_example.detach(), levels)
 
 
@@ -105,6 +133,7 @@ def ssm_loss(
     levels: torch.Tensor | None = None,
     n_projections: int = 1,
     projection: str = "gaussian",
+    sigma_data: float | None = None,
 ) -> LossOutput:
     """Sliced score matching on noise-perturbed data (paper eq. 4, variance-reduced form).
 
@@ -115,7 +144,7 @@ def ssm_loss(
 
     The Jacobian-vector product is one extra backward pass (``create_graph=True``). The
     ``1/2 ||s||^2`` term is computed exactly rather than as ``1/2 (v^T s)^2`` (the "VR"
-    variant). Weighted by ``sigma ** anneal_power`` like :func:`dsm_loss`.
+    variant). Weighted by :func:`loss_weight` like :func:`dsm_loss`.
     """
     if projection not in ("gaussian", "rademacher"):
         raise ValueError(f"projection must be 'gaussian' or 'rademacher', got {projection!r}")
@@ -133,7 +162,8 @@ def ssm_loss(
         (grad_v,) = torch.autograd.grad((score * v).sum(), x_noisy, create_graph=True)
     trace_term = (grad_v * v).flatten(1).sum(1)
     norm_term = 0.5 * (score**2).flatten(1).sum(1)
-    per_example = (trace_term + norm_term).view(n_projections, -1).mean(0) * sigma.flatten() ** anneal_power
+    per_example = (trace_term + norm_term).view(n_projections, -1).mean(0) * loss_weight(sigma.flatten(), anneal_power,
+                                                                                        sigma_data)
     return LossOutput(per_example.mean(), per_example.detach(), levels)
 
 

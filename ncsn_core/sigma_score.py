@@ -12,7 +12,11 @@ Which sigmas a network can take depends on how it is conditioned:
   :class:`OffLadderSigmaError`.
 * NCSNv2 divides an unconditional output by sigma (``s(x, sigma) = s(x) / sigma``), so it
   has a score at every sigma: :func:`continuous_score` evaluates it so.
+* :class:`~ncsn_core.model.PreconditionedMLP` is conditioned on sigma's value and takes
+  float sigmas where the ladder index would go: :func:`value_score` passes them through.
 * An analytic score (e.g. :meth:`ncsn_core.toy.GaussianMixture.score`) is already one.
+
+:func:`sigma_score_fn` picks the right one from the network's ``any_sigma`` attribute.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 
 from .noise import validate_sigmas
 
-__all__ = ["SigmaScoreFn", "OffLadderSigmaError", "LadderScore", "continuous_score", "supports_any_sigma"]
+__all__ = ["SigmaScoreFn", "OffLadderSigmaError", "LadderScore", "continuous_score", "value_score",
+           "sigma_score_fn", "supports_any_sigma"]
 
 SigmaScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,6 +89,32 @@ def continuous_score(level_score_fn: Callable[[torch.Tensor, torch.Tensor], torc
 
     score.any_sigma = True  # type: ignore[attr-defined]
     return score
+
+
+def value_score(level_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                ladder: torch.Tensor) -> SigmaScoreFn:
+    """The score of a network conditioned on sigma's value (``any_sigma = "value"``): its
+    ``score_fn(x, level)`` takes a float ``(B,)`` tensor of sigmas in place of the indices."""
+    validate_sigmas(ladder)
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return level_score_fn(x, sigma.to(x.dtype))
+
+    score.any_sigma = True  # type: ignore[attr-defined]
+    return score
+
+
+def sigma_score_fn(network: torch.nn.Module, level_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   ladder: torch.Tensor) -> SigmaScoreFn:
+    """``score(x, sigma)`` for ``network`` (unwrapped) through its ``level_score_fn``:
+    :func:`continuous_score` for ``any_sigma = "scaled"`` (NCSNv2), :func:`value_score` for
+    ``"value"``, else :class:`LadderScore` (the trained levels only)."""
+    kind = getattr(network, "any_sigma", None)
+    if kind == "scaled":
+        return continuous_score(level_score_fn, ladder)
+    if kind == "value":
+        return value_score(level_score_fn, ladder)
+    return LadderScore(level_score_fn, ladder)
 
 
 def supports_any_sigma(score_fn: SigmaScoreFn) -> bool:

@@ -55,8 +55,9 @@ for _section in dataclasses.fields(Config):
 
 CHOICES = {
     "data.dataset": ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder", "toy"),
-    "model.kind": ("ncsn", "ncsnv2", "toy_mlp"),
+    "model.kind": ("ncsn", "ncsnv2", "mlp", "toy_mlp"),
     "training.loss": ("dsm", "ssm"),
+    "training.loss_weighting": ("sigma_power", "edm"),
     "sampling.init": ("uniform", "gaussian"),
     "sampling.precision": ("fp32", "bf16"),
     "sampling.method": ("annealed_langevin", "euler", "heun", "edm", "pc"),
@@ -65,7 +66,7 @@ CHOICES = {
 }
 # What a user may set each number to, as the README and the paper describe the settings.
 POSITIVE = {
-    "data.image_size", "data.channels", "model.ngf", "model.hidden", "model.depth", "noise.sigma_max",
+    "data.image_size", "data.channels", "model.ngf", "model.hidden", "model.depth", "model.sigma_data", "noise.sigma_max",
     "noise.sigma_min", "noise.num_levels", "training.n_projections", "training.batch_size", "training.lr",
     "training.steps", "training.checkpoint_every", "training.keep_checkpoints", "training.log_every",
     "training.grad_clip", "sampling.steps_per_level", "sampling.eps", "sampling.batch_size",

@@ -36,10 +36,10 @@ from ncsn_core.checkpoint import Checkpoint
 from ncsn_core.config import Config
 from ncsn_core.fast_sampling import FAST_SAMPLERS, nfe_per_sample
 from ncsn_core.inpainting import MASK_KINDS
-from ncsn_core.model import NCSNv2, unwrap_model
+from ncsn_core.model import unwrap_model
 from ncsn_core.schedules import make_schedule
 from ncsn_core.sampling import clamp_
-from ncsn_core.sigma_score import LadderScore, continuous_score
+from ncsn_core.sigma_score import sigma_score_fn
 
 from ..errors import JobFailed, UserError
 from ..io.figures import image_grid, to_uint8
@@ -211,8 +211,7 @@ class Sampler:
         self.shape = tuple(image_shape)  # (C, H, W)
         self._clamp = (0.0, 1.0) if settings.clamp else None
         if settings.fast:
-            any_sigma = isinstance(unwrap_model(model), NCSNv2)
-            self.sigma_score_fn = (continuous_score if any_sigma else LadderScore)(self.score_fn, self.sigmas)
+            self.sigma_score_fn = sigma_score_fn(unwrap_model(model), self.score_fn, self.sigmas)
             try:
                 self.schedule = settings.schedule_for(self.sigmas)
             except ValueError as err:

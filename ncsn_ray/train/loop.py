@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import torch
 
-from ncsn_core import EMA, LOSSES, build_model, config_from_dict, geometric_sigmas, load_checkpoint, per_level_means
+from ncsn_core import (EMA, LOSSES, build_model, config_from_dict, geometric_sigmas, load_checkpoint, loss_options,
+                       per_level_means)
 from ncsn_core import make_optimizer, train_step
 from ncsn_core.checkpoint import CheckpointError, checkpoint_bytes
 from ncsn_core.config import Config
@@ -430,9 +431,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     sigmas = state.sigmas.to(device)
     model = ray.train.torch.prepare_model(state.model, move_to_device=device) if world > 1 else state.model
     loss_fn = LOSSES[tc.loss]
-    loss_kwargs: dict[str, Any] = {"anneal_power": tc.anneal_power}
-    if tc.loss == "ssm":
-        loss_kwargs["n_projections"] = tc.n_projections
+    loss_kwargs: dict[str, Any] = loss_options(config)
     per_worker = tc.batch_size // world
     next_batch = _batch_source(config, opts, device, rank, world, state.step)
     window = LossWindow(config.noise.num_levels, device)

@@ -11,10 +11,12 @@ depends on the network (:func:`candidate_settings`):
   it (every network), and along EDM's rho-schedule (NCSNv2: a score at any sigma);
 * the predictor-corrector along the ladder (score_sde's reverse-diffusion predictor, or an Euler or Heun
   step of the probability-flow ODE), C corrector steps at several signal-to-noise ratios;
-* EDM's stochastic sampler (churn) on the rho-schedule (NCSNv2 only).
+* EDM's stochastic sampler (churn) on the rho-schedule (networks with a score at any sigma: NCSNv2, mlp).
 """
 
 from __future__ import annotations
+
+from ncsn_core.model import ANY_SIGMA_KINDS
 
 __all__ = ["candidate_settings", "setting_nfe", "setting_label", "method_of"]
 
@@ -27,7 +29,7 @@ def _size(value: str, quick: tuple, full: tuple) -> tuple:
 
 def candidate_settings(kind: str, levels: int, *, size: str = "quick",
                        config_method: str = "annealed_langevin") -> list[list[str]]:
-    """Settings for a ``kind`` (``ncsn`` | ``ncsnv2``) network with ``levels`` trained levels;
+    """Settings for a ``kind`` (``ncsn`` | ``ncsnv2`` | ``mlp``) network with ``levels`` trained levels;
     the first is the checkpoint's own setting (an empty override list), followed, when that is
     a fast sampler (``config_method``), by the config's annealed-Langevin setting, the
     reference. ``size``: ``quick`` (about 30 settings) or ``full`` (about 60)."""
@@ -37,7 +39,7 @@ def candidate_settings(kind: str, levels: int, *, size: str = "quick",
     for t in _size(size, (1, 2, 3, 5), (1, 2, 3, 5, 10, 20)):
         rows.append([ALD, f"sampling.steps_per_level={t}", "sampling.eps=auto"])
     schedules = [("ladder", n) for n in sorted({max(2, (levels + 1) // 2), levels})]
-    if kind == "ncsnv2":
+    if kind in ANY_SIGMA_KINDS:
         schedules += [("edm", n) for n in _size(size, (6, 11, 18), (6, 11, 18, 26, 51))]
     for method in ("euler", "heun"):
         for schedule, n in schedules:
@@ -49,7 +51,7 @@ def candidate_settings(kind: str, levels: int, *, size: str = "quick",
                 rows.append(["sampling.method=pc", f"sampling.predictor={predictor}", "sampling.schedule=ladder",
                              f"sampling.steps={levels}", f"sampling.corrector_steps={corrector_steps}",
                              f"sampling.snr={snr}", "sampling.final_denoise=true"])
-    if kind == "ncsnv2":
+    if kind in ANY_SIGMA_KINDS:
         for n in _size(size, (11, 18), (11, 18, 26)):
             for churn in _size(size, (3, 10), (1, 3, 5, 10, 40)):
                 rows.append(["sampling.method=edm", "sampling.schedule=edm", f"sampling.steps={n}",

@@ -1,0 +1,106 @@
+"""The digits default's network: a sigma-conditioned MLP with EDM's preconditioning, its loss
+weighting, and the samplers' access to its score at any sigma."""
+
+import math
+
+import torch
+
+from ncsn_core import Config, PreconditionedMLP, build_model, dsm_loss, geometric_sigmas, loss_options, make_optimizer
+from ncsn_core.config import config_from_dict
+from ncsn_core.fast_sampling import edm_stochastic
+from ncsn_core.model import NCSN
+from ncsn_core.schedules import edm_schedule
+from ncsn_core.sigma_score import LadderScore, sigma_score_fn, supports_any_sigma
+from ncsn_ray import configs
+from ncsn_core import load_config
+
+SIGMA_DATA = 0.37
+
+
+def tiny_mlp(**kwargs) -> PreconditionedMLP:
+    torch.manual_seed(0)
+    return PreconditionedMLP((1, 8, 8), geometric_sigmas(4.0, 0.08, 6), width=32, depth=2, sigma_data=SIGMA_DATA,
+                             **kwargs).eval()
+
+
+def test_with_a_zero_output_layer_the_network_is_the_exact_score_of_its_gaussian():
+    """F = 0 leaves D = c_skip x, whose score (D - x) / sigma^2 = -x / (sigma^2 + sigma_d^2) is the
+    exact score of N(0, sigma_d^2 I) perturbed by N(0, sigma^2 I): c_skip and the score conversion
+    are right at every sigma, small and large."""
+    model = tiny_mlp()
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.zero_()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    model = model.double()
+    for sigma in (0.01, 0.08, 0.5, 4.0, 50.0):
+        sigmas = torch.full((5,), sigma, dtype=torch.float64)
+        torch.testing.assert_close(model(x, sigmas), -x / (sigma**2 + SIGMA_DATA**2), rtol=1e-10, atol=1e-12)
+
+
+def test_ladder_indices_and_sigma_values_give_the_same_score():
+    model = tiny_mlp()
+    x = torch.rand(6, 1, 8, 8)
+    levels = torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        by_index = model(x, levels)
+        by_value = model(x, model.sigmas[levels])
+    torch.testing.assert_close(by_index, by_value)
+    assert not torch.equal(by_index[0], by_index[5])
+
+
+def test_edm_weighting_is_edms_loss_on_the_denoiser():
+    """dsm_loss with sigma_data = EDM's 1/2 (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 ||D(x + sigma z) - x||^2,
+    computed here from the denoiser directly."""
+    model = tiny_mlp().double()
+    sigmas = model.sigmas.double()
+    x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
+    levels = torch.arange(8) % 6
+    noise = torch.randn_like(x)
+    out = dsm_loss(model, x, sigmas, levels=levels, noise=noise, sigma_data=SIGMA_DATA)
+    sigma = sigmas[levels].view(-1, 1, 1, 1)
+    denoised = model.denoise(x + sigma * noise, sigmas[levels])
+    weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
+    expected = (0.5 * weight * (denoised - x) ** 2).flatten(1).sum(1)
+    torch.testing.assert_close(out.per_example, expected, rtol=1e-9, atol=1e-12)
+    # without sigma_data: the paper's sigma^2 weighting, a different loss
+    paper = dsm_loss(model, x, sigmas, levels=levels, noise=noise)
+    assert not torch.allclose(paper.per_example, out.per_example)
+
+
+def test_the_samplers_evaluate_it_at_any_sigma_and_it_learns_a_gaussian():
+    """sigma_score_fn passes float sigmas through (EDM's churn needs sigmas off the ladder), and a
+    few hundred steps on N(1/2, 0.2^2) data move the sampled mean and spread to the data's."""
+    torch.manual_seed(0)
+    ladder = geometric_sigmas(2.0, 0.02, 8)
+    model = PreconditionedMLP((1, 2, 2), ladder, width=64, depth=2, sigma_data=0.2)
+    optimizer = make_optimizer(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(600):
+        x = 0.5 + 0.2 * torch.randn(256, 1, 2, 2, generator=g)
+        loss = dsm_loss(model, x, ladder, generator=g, sigma_data=0.2).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    score = sigma_score_fn(model, model, ladder)
+    assert supports_any_sigma(score)
+    assert isinstance(sigma_score_fn(NCSN(1, 8, ngf=4), NCSN(1, 8, ngf=4), ladder), LadderScore)
+    with torch.no_grad():
+        x0 = 0.5 + 2.0 * torch.randn(2000, 1, 2, 2, generator=g)
+        samples = edm_stochastic(score, x0, edm_schedule(18, 0.02, 2.0), churn=5.0, final_denoise=True,
+                                 generator=torch.Generator().manual_seed(2))
+    assert abs(samples.mean().item() - 0.5) < 0.03
+    assert math.isclose(samples.std().item(), 0.2, rel_tol=0.15)
+
+
+def test_the_digits_default_builds_this_network_with_edm_weighting():
+    config = load_config(configs.resolve("digits"))
+    assert config.model.kind == "mlp" and config.training.loss_weighting == "edm"
+    resolved = config_from_dict({**config.to_dict(), "noise": {"sigma_max": 4.81, "sigma_min": 0.08,
+                                                               "num_levels": 14}, "sampling": {
+        **config.to_dict()["sampling"], "eps": 0.003}}, "test")
+    model = build_model(resolved)
+    assert isinstance(model, PreconditionedMLP) and model.sigma_data == config.model.sigma_data
+    assert loss_options(resolved) == {"anneal_power": 2.0, "sigma_data": config.model.sigma_data}
+    assert loss_options(Config()) == {"anneal_power": 2.0}
