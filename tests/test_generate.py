@@ -156,6 +156,25 @@ def test_same_seeds_on_two_actors_give_byte_identical_images(s3_samples, tiny_ru
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
+def test_one_shard_and_no_cluster_is_computed_in_the_job_process_with_an_actors_bytes(s3_samples, tiny_run, tmp_path):
+    """The first look's case: nothing to fan out, so no Ray start; the shard is the one the
+    actor pool wrote (same code, same thread count), and the job's output says where it ran."""
+    uri, endpoint, _, _ = s3_samples  # seeds 0..23 in shards of 10, batches of 4, on one actor
+    out = tmp_path / "in-process"
+    result = run_cli(["--checkpoint", str(tiny_run), "--n", "10", "--shard-size", "10", "--batch-size", "4",
+                      "--out", str(out)])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    assert "1 shard: computed in this process" in text and "10/10 samples (100.0%)" in text
+    assert "[ray]" not in text and "Ray instance" not in text, text[-3000:]
+    here = seeds_and_pngs(Storage.from_uri(str(out)))
+    pool = seeds_and_pngs(Storage.from_uri(uri, endpoint_url=endpoint))
+    assert sorted(here) == list(range(10))
+    assert here == {seed: pool[seed] for seed in range(10)}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
 def test_shard_size_made_of_whole_batches_does_not_change_the_bytes(ray_local, tiny_run, tmp_path):
     results = []
     for shard_size, actors in ((4, 1), (8, 2)):
