@@ -1,6 +1,6 @@
 """What bf16 training and gradient accumulation change in memory and throughput.
 
-    python benchmarks/bench_precision.py [--config digits] [--batch 64] [--micro 16] [--steps 20]
+    python benchmarks/bench_precision.py [--config digits-ncsnv2] [--batch 64] [--micro 16] [--steps 20]
         [--device cpu|cuda] [--image-size N] [--json]
 
 Each setting runs in its own fresh Python process (so that one setting's memory high-water
@@ -88,7 +88,7 @@ def measure(config_name: str, batch: int, micro: int | None, precision: str, ste
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="digits")
+    parser.add_argument("--config", default="digits-ncsnv2")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--micro", type=int, default=16, help="micro-batch of the accumulated settings")
     parser.add_argument("--steps", type=int, default=20)
