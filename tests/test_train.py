@@ -293,6 +293,36 @@ def test_evaluations_lost_with_a_failed_worker_are_made_again_and_end_as_in_an_u
         training_state_digests(tmp_path / "runs" / "straight" / "best" / "checkpoint.pt")
 
 
+@pytest.mark.timeout(600)
+def test_fid_during_training_scores_each_checkpoint_against_the_training_data(ray_local, tmp_path,
+                                                                              inception_weights_file):
+    """--eval-metric fid: torch-fidelity's Inception (random weights here: the real ones cannot be
+    downloaded) on each checkpoint's samples against the run's own training data."""
+    import math
+
+    from ncsn_ray.train.evaluation import read_best, read_evaluations
+    from support.data import digits_uint8, write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(Storage.from_uri(str(data)), digits_uint8(40), shard_size=20)  # a small reference: CPU Inception
+    config = write_tiny_config(tmp_path)
+    common = ["--config", str(config), "--data", str(data), "--storage", str(tmp_path / "runs"), "--steps", "4",
+              "--checkpoint-every", "2", "--eval-every", "1", "--eval-n", "16", "--eval-metric", "fid",
+              "--no-preview", "--tracking", "none", "--max-failures", "0"]
+    assert train_main([*common, "--name", "missing", "--inception-weights", str(tmp_path / "none.pth")]) == 2
+    assert not (tmp_path / "runs" / "missing").exists(), "a refused run leaves no run folder"
+    assert train_main([*common, "--inception-weights", str(inception_weights_file)]) == 0
+    run = Storage.from_uri(str(tmp_path / "runs" / "tiny"))
+    evaluations = read_evaluations(run)
+    assert [e["step"] for e in evaluations] == [2, 4]
+    assert all(e["metric"] == "fid@16" and e["n"] == 16 and math.isfinite(e["score"]) and e["score"] > 0
+               for e in evaluations), evaluations
+    best = read_best(run)
+    assert best["score"] == min(e["score"] for e in evaluations)
+    logged = [m for m in metrics(tmp_path / "runs" / "tiny") if "eval" in m]
+    assert {m["step"]: m["eval"]["score"] for m in logged} == {e["step"]: e["score"] for e in evaluations}
+
+
 @pytest.mark.timeout(400)
 def test_a_non_finite_loss_stops_training_at_once_naming_step_and_level(ray_local, digits_local, tmp_path, capfd):
     config = write_tiny_config(tmp_path, training={"lr": 1.0e12, "log_every": 1})
