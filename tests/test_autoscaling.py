@@ -14,7 +14,7 @@ Through ``ray job submit`` with token authentication:
   the nodes are removed after the (shortened) idle timeout;
 * ``jobs/train.py --num-workers 2 --use-gpu``: the job waits for, then gets, two GPU nodes.
 
-What it measured goes to the test's output (``-s``) and docs/scaling.md.
+What it measured goes to the test's output (``-s``) and docs/results/scaling.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The CI-sized run of ``benchmarks/chaos.py``: randomized faults at random moments (a seeded,
 printed schedule), every invariant checked after each trial. The full run (20 generation and
-10 training trials) is in docs/reliability.md; this one runs two generation trials and one
+10 training trials) is in docs/results/reliability.md; this one runs two generation trials and one
 training trial, which with seed 0 are a store outage and a killed sampling actor during
 generation and the training worker's node removed (the case where Ray Train used to print
 its controller's traceback)."""

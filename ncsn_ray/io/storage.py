@@ -265,7 +265,7 @@ class Storage:
         renamed with a hard link, so the name appears complete or not at all. S3: a
         conditional ``PutObject`` with ``If-None-Match: *`` (AWS S3, MinIO and moto honour
         it). Other stores: a check, a write, and a read-back that must return our bytes (a
-        narrow race remains; see docs/reliability.md).
+        narrow race remains; see docs/results/reliability.md).
         """
         target = self.full(rel)
         with self._failures(rel, "write"):
