@@ -18,7 +18,7 @@ object with everything measured.
 ``--per-level N`` also runs the same chain for seeds ``0 .. N-1`` in this process and prints,
 after each noise level, the class shares and mean confidence of the classifier on the
 Tweedie estimate ``x + sigma_i^2 s(x, i)``: where the chain decides which digit a sample
-becomes, and whether the last levels still change it (docs/quality.md).
+becomes, and whether the last levels still change it (docs/results/quality-history.md).
 
     python benchmarks/bench_quality.py [--config digits] [--n 256]
         [--set training.steps=500] [--sample-set sampling.steps_per_level=50] [--keep DIR]

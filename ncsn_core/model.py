@@ -10,7 +10,7 @@
 * :class:`PreconditionedMLP` is a sigma-conditioned MLP denoiser with EDM's preconditioning
   (Karras et al. 2022), for images small enough to flatten (the 8x8 digits: D = 64). Not a
   network of the paper: the digits default uses it because it reaches the quality targets in
-  about a seventh of NCSNv2's training time on a CPU (docs/quality.md).
+  about a seventh of NCSNv2's training time on a CPU (docs/results/quality.md).
 * :class:`ToyScoreMLP` is a small level-conditioned MLP for 2-D toy data.
 
 All have the signature ``model(x, level) -> score`` with ``score.shape == x.shape`` and
