@@ -2,7 +2,7 @@
 
 Checked offline: the launcher YAML against the JSON schema Ray ships and Ray's own
 ``prepare_config`` / ``validate_config`` (no AWS call), the KubeRay manifests against the
-fields KubeRay requires, the job entrypoints against the commands the README documents and
+fields KubeRay requires, the job entrypoints against the commands the cluster guide documents and
 the flags the job scripts define, and every file for credentials. One test submits a job
 with cluster/runtime_env.yaml to a real local Ray cluster.
 """
@@ -31,7 +31,7 @@ KUBERAY = CLUSTER / "kuberay"
 RAYCLUSTER = KUBERAY / "raycluster.yaml"
 RAYJOBS = {"train": KUBERAY / "rayjob-train.yaml", "generate": KUBERAY / "rayjob-generate.yaml"}
 
-# The cloud workflow, as documented in the README ("Running on a cloud cluster"). The
+# The cloud workflow, as documented in docs/guide/cluster.md (the README links to it). The
 # RayJob entrypoints must be exactly these strings.
 BUCKET = "s3://my-ncsn-bucket"
 EXPECTED_COMMANDS = {
@@ -337,11 +337,15 @@ def test_documented_commands_use_flags_the_scripts_define(kind):
 
 
 def test_readme_documents_the_cluster_commands():
-    text = (REPO / "README.md").read_text()
-    flat = re.sub(r"\s+", " ", text.replace("\\\n", " "))
-    missing = [cmd for cmd in EXPECTED_COMMANDS.values() if cmd not in flat]
-    assert not missing, f"README.md lacks: {missing}"
-    assert "ray job submit" in flat and "RAY_AUTH_MODE=token" in flat
+    def flat(path: Path) -> str:
+        return re.sub(r"\s+", " ", path.read_text().replace("\\\n", " "))
+
+    readme, guide = flat(REPO / "README.md"), flat(REPO / "docs" / "guide" / "cluster.md")
+    missing = [cmd for cmd in EXPECTED_COMMANDS.values() if cmd not in guide]
+    assert not missing, f"docs/guide/cluster.md lacks: {missing}"
+    for text, name in ((readme, "README.md"), (guide, "docs/guide/cluster.md")):
+        assert "ray job submit" in text and "RAY_AUTH_MODE=token" in text, name
+    assert "(docs/guide/cluster.md" in readme, "README.md does not link to the cluster guide"
 
 
 # --------------------------------------------------------------------------- on Ray

@@ -1,16 +1,17 @@
-"""The README's reading snippets, run as they are, on what the jobs write.
+"""The guide's reading snippets, run as they are, on what the jobs write.
 
 A sample set made by the generation job and a dataset made by the preparation job, on
 local disk and on a real S3 API (moto on loopback), must each read as one table with the
 common readers pointed at the folder: ``pyarrow.dataset``, ``pandas.read_parquet``,
 ``ray.data.read_parquet`` and a ``**/*.parquet`` glob. The snippets are taken from
-README.md (the blocks after a ``reading-snippet`` marker) with only the bucket, the folder
-and the endpoint replaced.
+docs/guide/storage.md, "Reading results with your own tools" (the blocks after a
+``reading-snippet`` marker), with only the bucket, the folder and the endpoint replaced.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,17 @@ from ncsn_ray.sample.pipeline import ActorPlan
 from support.data import make_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
+SNIPPETS = REPO / "docs" / "guide" / "storage.md"
 N = 12
 
 pytestmark = [pytest.mark.ray]
 
 
 def readme_snippet(kind: str) -> str:
-    text = (REPO / "README.md").read_text()
+    text = SNIPPETS.read_text()
     match = re.search(rf"<!-- reading-snippet: {kind} .*?-->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README.md has no reading-snippet for {kind}"
-    return "\n".join(line[2:] if line.startswith("  ") else line for line in match.group(1).splitlines())
+    assert match, f"{SNIPPETS.relative_to(REPO)} has no reading-snippet for {kind}"
+    return textwrap.dedent(match.group(1))  # a snippet may sit indented inside a list item
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_readme_snippet_reads_a_folder_from_s3_as_one_table(written, s3_server, 
     code = readme_snippet("s3").replace("my-bucket/samples/digits", f"readers/{folder}")
     code = code.replace("http://127.0.0.1:9000", s3_server["endpoint"])
     scope: dict = {}
-    exec(compile(code, "README.md reading-snippet s3", "exec"), scope)
+    exec(compile(code, "docs/guide/storage.md reading-snippet s3", "exec"), scope)
     assert scope["table"].num_rows == rows and scope["table"].column_names == columns
     assert len(scope["frame"]) == rows and list(scope["frame"].columns) == columns
     assert scope["rows"] == rows
@@ -79,6 +81,6 @@ def test_readme_snippet_reads_a_local_folder_as_one_table(written, folder, rows,
     assert sidecars <= {p.name for p in local.iterdir()}, "the folder holds its manifest and figures beside the shards"
     code = readme_snippet("local").replace("runs/samples/digits", str(local))
     scope: dict = {}
-    exec(compile(code, "README.md reading-snippet local", "exec"), scope)
+    exec(compile(code, "docs/guide/storage.md reading-snippet local", "exec"), scope)
     assert scope["table"].num_rows == len(scope["frame"]) == scope["same"].num_rows == rows
     assert all(name.endswith(".parquet") and not Path(name).name.startswith("_") for name in scope["shards"])
