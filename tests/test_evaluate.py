@@ -23,7 +23,8 @@ import torch
 
 from ncsn_ray.data.format import DatasetError
 from ncsn_ray.evaluate.job import EvaluationError, evaluate, evaluate_on_ray
-from ncsn_ray.evaluate.fidelity import CACHE_DIR, UInt8ImageDataset
+from ncsn_ray.evaluate.cache import CACHE_DIR
+from ncsn_ray.evaluate.fidelity import UInt8ImageDataset
 from ncsn_ray.sample.sample_set import SampleSetError
 from ncsn_ray.io.storage import Storage
 from support.console import DEAD_PROXY, quiet

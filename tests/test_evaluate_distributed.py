@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from ncsn_ray.evaluate.fidelity import CACHE_DIR, UInt8ImageDataset
+from ncsn_ray.evaluate.cache import CACHE_DIR
+from ncsn_ray.evaluate.fidelity import UInt8ImageDataset
 from ncsn_ray.evaluate.job import evaluate_on_ray
 from ncsn_ray.evaluate.reference_stats import ReferenceStatsError, load_reference_stats
 from ncsn_ray.io.storage import Storage

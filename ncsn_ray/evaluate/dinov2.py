@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..io.storage import Storage, StorageError
-from .fidelity import FidelityError
+from .weights import FidelityError
 
 __all__ = ["HUB_REPO", "WEIGHTS_FILE", "hub_paths", "place_weights", "load_dinov2_extractor_kwargs", "check_dinov2"]
 

@@ -24,9 +24,9 @@ import torch
 
 from ..console import Log
 from ..io.storage import Storage
-from .features import ExtractorSpec, FeatureTable, extract_on_ray, layer_for
-from .fidelity import CACHE_DIR, _reference_key, _sync_cache_down, _sync_cache_up
-from .scores import DINOV2, INCEPTION, metric_kwargs, scores_from_features
+from .cache import CACHE_DIR, reference_key, sync_cache_down, sync_cache_up
+from .features import ExtractorSpec, FeatureTable, extract_on_ray
+from .scores import DINOV2, INCEPTION, layer_for, metric_kwargs, scores_from_features
 
 __all__ = ["ActorSettings", "extractor_specs", "sample_features", "reference_features"]
 
@@ -82,7 +82,7 @@ def sample_features(samples: Storage, manifest: dict[str, Any], specs: list[Extr
 def _cache_key(ref_manifest, spec: ExtractorSpec, limit: int | None) -> str:
     # torch-fidelity's single-process path names the reference's cache with the same key.
     identity = spec.weights_sha256 if spec.name == INCEPTION else hashlib.sha256(spec.name.encode()).hexdigest()
-    return _reference_key(ref_manifest, identity, limit)
+    return reference_key(ref_manifest, identity, limit)
 
 
 def reference_features(reference: Storage, ref_manifest, specs: list[ExtractorSpec], actors: ActorSettings,
@@ -96,7 +96,7 @@ def reference_features(reference: Storage, ref_manifest, specs: list[ExtractorSp
         local = Path(tmp)
         for spec in specs:
             key = _cache_key(ref_manifest, spec, limit)
-            present = _sync_cache_down(cache, key, local, log)
+            present = sync_cache_down(cache, key, local, log)
             files = {layer: f"{key}-{spec.name}-features-{layer}.pt" for layer in spec.layers}
             if all(name in present for name in files.values()):
                 for layer, name in files.items():
@@ -124,7 +124,7 @@ def reference_features(reference: Storage, ref_manifest, specs: list[ExtractorSp
                 features = table.features[(spec.name, layer)].contiguous()
                 torch.save(features, local / f"{key}-{spec.name}-features-{layer}.pt")
                 found[(spec.name, layer)] = features
-            _sync_cache_up(cache, key, local, before)
+            sync_cache_up(cache, key, local, before)
     return found, "computed"
 
 

@@ -26,9 +26,12 @@ import numpy as np
 import torch
 
 from ..io.figures import decode_pngs
+from ..io.storage import Storage
+from .dinov2 import load_dinov2_extractor_kwargs
+from .weights import FidelityError, resolve_inception_weights
 
 __all__ = ["ExtractorSpec", "FeatureActor", "FeatureTable", "build_extractor", "extract_on_ray", "features_of_images",
-           "layer_for", "to_extractor_input"]
+           "to_extractor_input"]
 
 Log = Callable[[str], None]
 
@@ -53,13 +56,6 @@ class ExtractorSpec:
         return [f"features_{index}_{j}" for j in range(len(self.layers))]
 
 
-def layer_for(metric: str, extractor: str) -> str:
-    """torch-fidelity's layer of ``extractor`` for ``metric`` (``fid``, ``isc``, ``kid``, ``prc``)."""
-    from torch_fidelity.utils import resolve_feature_layer_for_metric
-
-    return resolve_feature_layer_for_metric(metric, feature_extractor=extractor)
-
-
 def to_extractor_input(images_nhwc: np.ndarray) -> torch.Tensor:
     """``(N, H, W, C)`` uint8 -> ``(N, 3, H, W)`` uint8, grey repeated to 3 channels."""
     tensor = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2)
@@ -72,7 +68,6 @@ def build_extractor(spec: ExtractorSpec, device: torch.device, workdir: Path, lo
 
     kwargs: dict[str, Any] = {"verbose": False}
     if spec.name.startswith("inception"):
-        from .fidelity import FidelityError, resolve_inception_weights
 
         path, identity = resolve_inception_weights(spec.weights, endpoint_url=spec.endpoint_url, workdir=workdir,
                                                    log=log)
@@ -81,8 +76,6 @@ def build_extractor(spec: ExtractorSpec, device: torch.device, workdir: Path, lo
                                 f"driver checked (SHA-256 {identity['sha256'][:12]} != {spec.weights_sha256[:12]})")
         kwargs["feature_extractor_weights_path"] = str(path)
     else:
-        from .dinov2 import load_dinov2_extractor_kwargs
-
         kwargs.update(load_dinov2_extractor_kwargs(spec))
     return create_feature_extractor(spec.name, list(spec.layers), cuda=device.type == "cuda", **kwargs)
 
@@ -95,8 +88,6 @@ class FeatureActor:
 
     def __init__(self, specs: Sequence[ExtractorSpec], folder_uri: str, endpoint_url: str | None, key_column: str,
                  channels: int, size: tuple[int, int], batch_size: int, use_gpu: bool, threads: int = 0):
-        from ..io.storage import Storage
-
         if threads > 0 and not use_gpu:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu else "cpu")

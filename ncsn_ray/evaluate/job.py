@@ -30,8 +30,8 @@ from . import digits as digits_quality
 from ..console import Log
 from ..data.format import DatasetManifest, read_manifest, verify_shards
 from ..errors import UserError, begin_work
-from .fidelity import (FEATURE_EXTRACTOR, INCEPTION_METRICS, FidelityError, inception_scores, load_reference_images,
-                       resolve_inception_weights)
+from .fidelity import FEATURE_EXTRACTOR, INCEPTION_METRICS, inception_scores, load_reference_images
+from .weights import FidelityError, resolve_inception_weights
 from .dinov2 import check_dinov2
 from .reference_stats import load_reference_stats
 from ..io.layout import SCORES

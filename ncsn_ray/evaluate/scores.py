@@ -19,11 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["INCEPTION", "DINOV2", "metric_kwargs", "fid_statistics", "scores_from_features"]
+__all__ = ["INCEPTION", "DINOV2", "layer_for", "metric_kwargs", "fid_statistics", "scores_from_features"]
 
 INCEPTION = "inception-v3-compat"
 DINOV2 = "dinov2-vit-b-14"
 RNG_SEED = 2020  # torch-fidelity's default: the IS split shuffle and the KID subsets
+
+
+def layer_for(metric: str, extractor: str) -> str:
+    """torch-fidelity's layer of ``extractor`` for ``metric`` (``fid``, ``isc``, ``kid``, ``prc``)."""
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
+
+    return resolve_feature_layer_for_metric(metric, feature_extractor=extractor)
 
 
 def metric_kwargs(n_samples: int, n_reference: int | None, kid_subset_size: int) -> dict[str, Any]:
@@ -68,8 +75,6 @@ def scores_from_features(
     from torch_fidelity.metric_isc import isc_features_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
-
-    from .features import layer_for
 
     scores: dict[str, float] = {}
     if "fid" in wanted:

@@ -218,7 +218,7 @@ def _check_evaluation(config: Config, manifest: DatasetManifest, data_uri: str, 
         raise UserError(f"training.eval_metric digits scores 8x8 grey digits; {data_uri} holds "
                         f"{manifest.channels}x{manifest.height}x{manifest.width} images (use --eval-metric fid)")
     if tc.eval_metric == "fid":
-        from ..evaluate.fidelity import resolve_inception_weights
+        from ..evaluate.weights import resolve_inception_weights
 
         resolve_inception_weights(options.inception_weights, endpoint_url=options.endpoint_url, log=log)
     log(f"[train] quality: {tc.eval_metric} of {tc.eval_n} samples at every "
