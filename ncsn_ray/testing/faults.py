@@ -1,8 +1,12 @@
-"""Fault injection for the reliability tests, driven by one environment variable.
+"""Failpoints: named places in the jobs where a test can make a fault happen (a worker exits,
+an actor raises), as fail-rs and gofail call them, read from one environment variable.
 
-The product's options, actor constructors and command lines carry only real settings;
-a test names the faults it wants in ``NCSN_FAULTS``, a comma-separated list of
-``name`` or ``name=value`` entries, before it starts a job::
+Each failpoint is a call in the product's code (``faults.kill_worker_once(...)``,
+``faults.after_shard(...)``, ``faults.write_rank_digests(...)``) that does nothing unless the
+variable names it: with ``NCSN_FAULTS`` unset, every call is a dictionary look-up on a
+parsed-once empty plan. The product's options, actor constructors and command lines carry
+only real settings; a test names the failpoints it wants in ``NCSN_FAULTS``, a
+comma-separated list of ``name`` or ``name=value`` entries, before it starts a job::
 
     NCSN_FAULTS="train.kill_worker_at_step=5"      rank 0's training worker exits once, after step 5
     NCSN_FAULTS="train.rank_digests"               every rank records digests of its weights and EMA
@@ -21,7 +25,7 @@ import functools
 import os
 from typing import Any
 
-__all__ = ["ENV", "value", "enabled", "runtime_env", "kill_worker_once", "after_shard"]
+__all__ = ["ENV", "value", "enabled", "runtime_env", "kill_worker_once", "after_shard", "write_rank_digests"]
 
 ENV = "NCSN_FAULTS"
 KILL_MARKER = ".injected-failure-done"
@@ -84,3 +88,19 @@ def after_shard(shards_written: int, out) -> None:
     if exit_after is not None and shards_written >= exit_after and not out.exists(EXIT_MARKER):
         out.write_bytes(EXIT_MARKER, b"1")  # once per job: the restarted actor carries on
         os._exit(1)
+
+
+def write_rank_digests(run, state, rank: int) -> None:
+    """``train.rank_digests``: at a checkpoint, every rank writes
+    ``rank_digests/step_XXXXXXXX_rank_R.json`` with digests of its weights and EMA weights and
+    its node, so a test can check that DDP keeps the ranks identical (and where they ran)."""
+    if not enabled("train.rank_digests"):
+        return
+    import ray
+
+    from .digests import tensors_digest
+
+    record = {"rank": rank, "step": state.step, "digest": tensors_digest(state.model.state_dict()),
+              "ema_digest": tensors_digest(state.ema.module.state_dict()),
+              "node": ray.get_runtime_context().get_node_id()}
+    run.write_json(f"rank_digests/step_{state.step:08d}_rank_{rank}.json", record)
