@@ -27,7 +27,11 @@ SCHEDULES = ("ladder", "edm")
 def ladder_schedule(ladder: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """``n`` levels of ``ladder`` ``(L,)`` evenly spaced in index, always including the first
     and the last (``n`` None or ``n >= L``: the whole ladder). Returns ``(min(n, L),)``."""
-    ladder = validate_sigmas(ladder)
+    return _ladder_subset(validate_sigmas(ladder), n)
+
+
+def _ladder_subset(ladder: torch.Tensor, n: int | None) -> torch.Tensor:
+    """:func:`ladder_schedule` of a ladder already checked."""
     size = ladder.numel()
     if n is None or n >= size:
         return ladder.clone()
@@ -61,7 +65,7 @@ def make_schedule(kind: str, ladder: torch.Tensor, n: int | None = None, *, rho:
     sigmas (None: as many as the ladder has levels)."""
     ladder = validate_sigmas(ladder)
     if kind == "ladder":
-        return ladder_schedule(ladder, n)
+        return _ladder_subset(ladder, n)
     if kind == "edm":
         return edm_schedule(n or ladder.numel(), float(ladder[-1]), float(ladder[0]), rho=rho,
                             dtype=ladder.dtype, device=ladder.device)

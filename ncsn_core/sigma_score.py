@@ -25,8 +25,6 @@ from typing import Callable
 
 import torch
 
-from .noise import validate_sigmas
-
 __all__ = ["SigmaScoreFn", "OffLadderSigmaError", "LadderScore", "continuous_score", "value_score",
            "sigma_score_fn", "supports_any_sigma"]
 
@@ -42,7 +40,8 @@ class LadderScore:
 
     Args:
         level_score_fn: ``(x, level (B,) int64) -> score``.
-        ladder: the trained ladder ``(L,)``, descending.
+        ladder: the trained ladder ``(L,)``, descending, as the network's config or checkpoint
+            holds it (made and checked there; not checked again here).
         rtol: relative tolerance of the look-up (schedules are computed in float32).
     """
 
@@ -51,7 +50,7 @@ class LadderScore:
     def __init__(self, level_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ladder: torch.Tensor,
                  *, rtol: float = 1e-4):
         self.level_score_fn = level_score_fn
-        self.ladder = validate_sigmas(ladder)
+        self.ladder = ladder
         self._values = [float(v) for v in self.ladder.tolist()]
         self.rtol = rtol
 
@@ -79,7 +78,6 @@ def continuous_score(level_score_fn: Callable[[torch.Tensor, torch.Tensor], torc
     unconditional output is ``score(x, level) * sigma_level``, so
     ``s(x, sigma) = score(x, 0) * sigma_0 / sigma`` (any level gives the same output; level 0
     is used)."""
-    ladder = validate_sigmas(ladder)
     sigma_0 = float(ladder[0])
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -94,8 +92,8 @@ def continuous_score(level_score_fn: Callable[[torch.Tensor, torch.Tensor], torc
 def value_score(level_score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 ladder: torch.Tensor) -> SigmaScoreFn:
     """The score of a network conditioned on sigma's value (``any_sigma = "value"``): its
-    ``score_fn(x, level)`` takes a float ``(B,)`` tensor of sigmas in place of the indices."""
-    validate_sigmas(ladder)
+    ``score_fn(x, level)`` takes a float ``(B,)`` tensor of sigmas in place of the indices (the
+    ladder is not needed; the argument keeps the three functions' signatures alike)."""
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return level_score_fn(x, sigma.to(x.dtype))
