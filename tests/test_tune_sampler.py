@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -66,6 +67,8 @@ def test_search_reports_a_monotone_front_whose_recommended_flags_reproduce_the_s
     for point in front:  # no trial is as cheap and strictly better
         assert not any(t["nfe"] <= point["nfe"] and t["score"] < point["score"] for t in trials)
     assert (out / "_front.png").is_file() and (out / "_manifest.json").is_file()
+    # Tune's own state sits under a "_" name, so the folder reads as one table, as sample sets do.
+    assert ds.dataset(str(out), format="parquet").to_table().num_rows == TRIALS
 
     best = summary["recommended"]
     assert best["score"] <= min(t["score"] for t in trials) * 1.1 + 1e-12
@@ -102,20 +105,20 @@ def test_an_interrupted_search_resumes_and_keeps_every_finished_trial(tiny_run, 
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     deadline = time.monotonic() + 240
-    while len(_finished_trials(out / "tune")) < 3 and time.monotonic() < deadline and first.poll() is None:
+    while len(_finished_trials(out / "_tune")) < 3 and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.5)
     assert first.poll() is None, "the search ended before it could be interrupted: " + (first.stdout.read() or "")
     os.killpg(first.pid, signal.SIGINT)
     output, _ = first.communicate(timeout=120)
     assert first.returncode != 0, output
-    before = _finished_trials(out / "tune")
+    before = _finished_trials(out / "_tune")
     assert 3 <= len(before) < TRIALS, output
     assert not (out / "_manifest.json").exists(), "an interrupted search publishes nothing as complete"
 
     second = subprocess.run(command + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=360)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming the search" in second.stdout
-    after = _finished_trials(out / "tune")
+    after = _finished_trials(out / "_tune")
     assert len(after) == TRIALS
     # A trial whose report was written just before the interrupt, but not yet its completion in
     # Tune's experiment state, is run again on resume: with the same result (per-seed noise).

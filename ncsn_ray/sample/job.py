@@ -44,7 +44,7 @@ class SamplingOptions:
     ``runs/``). ``batch_size``: images per sampler call (None: the checkpoint config's
     ``sampling.batch_size``). ``shard_size``: work per shard (None: a default from the job
     size). ``steps_per_level`` overrides T; ``overrides`` are ``sampling.key=value`` strings.
-    ``fail_after_shards`` makes actors raise after that many shards (tests only).
+    ``pick``: of a run folder, its newest checkpoint or the best-scored one (``best/``).
     """
 
     checkpoint: str | None = None

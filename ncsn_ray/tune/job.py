@@ -9,10 +9,14 @@ Trials run in parallel on the cluster, one CPU (or one GPU with ``use_gpu``) eac
 Layout under ``out`` (a local path or an object-storage URI)::
 
     _job.json        what was asked (checkpoint, metric, n, settings tried); written first
-    tune/            Ray Tune's experiment (its own restore state and trial results)
+    _tune/           Ray Tune's experiment (its own restore state and trial results)
     trials.parquet   one row per trial: setting, label, method, nfe, score, metric extras
     _front.png       score against NFE, the front marked
     _manifest.json   front, recommendation and settings; written last
+
+Everything but the trials table has a name starting with ``_``, which Parquet readers skip
+(``pyarrow.dataset``, ``pandas.read_parquet``, ``ray.data.read_parquet``), so the folder reads
+as one table, as a sample set or a dataset does.
 
 Re-running the same command resumes an interrupted search (Tune's experiment restore:
 finished trials are kept, the rest run); re-running a finished one prints its result; another
@@ -43,7 +47,7 @@ __all__ = ["TuneOptions", "run", "FRONT_PLOT", "TRIALS"]
 
 FRONT_PLOT = "_front.png"
 TRIALS = "trials.parquet"
-EXPERIMENT = "tune"
+EXPERIMENT = "_tune"
 
 
 @dataclass(kw_only=True)
