@@ -11,7 +11,7 @@ from .ema import EMA
 from .fast_sampling import FAST_SAMPLERS, edm_stochastic, euler, heun, nfe_per_sample, predictor_corrector
 from .inpainting import annealed_langevin_inpaint, make_mask
 from .losses import LOSSES, LossOutput, dsm_loss, loss_options, per_level_means, ssm_loss
-from .model import NCSN, PreconditionedMLP, ToyScoreMLP, build_model, make_score_fn, unwrap_model
+from .model import NCSN, PreconditionedMLP, PreconditionedUNet, ToyScoreMLP, build_model, make_score_fn, unwrap_model
 from .noise import geometric_sigmas, suggest_sigma_max
 from .noise_sources import GeneratorNoise, PerSampleNoise
 from .sampling import annealed_langevin, initial_samples, langevin
@@ -24,7 +24,7 @@ __all__ = [
     "Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config",
     "EMA", "annealed_langevin_inpaint", "make_mask",
     "LOSSES", "LossOutput", "dsm_loss", "loss_options", "per_level_means", "ssm_loss",
-    "NCSN", "PreconditionedMLP", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model", "train_step", "make_optimizer",
+    "NCSN", "PreconditionedMLP", "PreconditionedUNet", "ToyScoreMLP", "build_model", "make_score_fn", "unwrap_model", "train_step", "make_optimizer",
     "geometric_sigmas", "suggest_sigma_max", "GeneratorNoise", "PerSampleNoise",
     "annealed_langevin", "initial_samples", "langevin",
     "FAST_SAMPLERS", "euler", "heun", "edm_stochastic", "predictor_corrector", "nfe_per_sample",

@@ -57,11 +57,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "ncsn"  # ncsn (NCSN, images) | ncsnv2 (NCSNv2, images) | mlp (small images) | toy_mlp (2-D data)
-    ngf: int = 64  # NCSN base width: 64 for MNIST, 128 for CIFAR-10/CelebA in the paper
-    hidden: int = 128  # toy_mlp and mlp: hidden width
+    # ncsn (NCSN, images) | ncsnv2 (NCSNv2, images) | unet (small images) | mlp (small images) | toy_mlp (2-D data)
+    kind: str = "ncsn"
+    ngf: int = 64  # NCSN base width: 64 for MNIST, 128 for CIFAR-10/CelebA in the paper; unet: its width c
+    hidden: int = 128  # toy_mlp and mlp: hidden width; unet: the dense bottleneck's width
     depth: int = 3  # toy_mlp and mlp: hidden layers
-    sigma_data: float = 0.5  # mlp: the data's standard deviation (pixels in [0, 1]) for EDM's preconditioning
+    groups: int = 8  # unet: GroupNorm groups (0: no normalisation)
+    sigma_data: float = 0.5  # mlp, unet: the data's standard deviation (pixels in [0, 1]) for EDM's preconditioning
 
 
 @dataclass
@@ -78,6 +80,12 @@ class TrainingConfig:
     # sigma_power: lambda(sigma) = sigma ** anneal_power (the paper) | edm: EDM's weighting,
     # lambda(sigma) = sigma^2 (sigma^2 + sigma_data^2) / sigma_data^2 with model.sigma_data
     loss_weighting: str = "sigma_power"
+    # Which sigmas training sees: ladder (the paper: one of the L ladder levels per example,
+    # uniformly) | lognormal (EDM: log sigma ~ N(sigma_mean, sigma_std^2), clamped to the
+    # ladder's range; networks conditioned on sigma's value only, model.kind mlp or unet)
+    sigma_draw: str = "ladder"
+    sigma_mean: float = -1.2  # lognormal: mean of log sigma (EDM's P_mean)
+    sigma_std: float = 1.2  # lognormal: standard deviation of log sigma (EDM's P_std)
     n_projections: int = 1  # ssm only: random projections per example
     batch_size: int = 128  # global batch size (split across workers)
     lr: float = 1e-3
@@ -146,8 +154,22 @@ class Config:
     def validate(self, source: str = "<config>") -> "Config":
         _check(source, "data.dataset", self.data.dataset,
                ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder", "toy"))
-        _check(source, "model.kind", self.model.kind, ("ncsn", "ncsnv2", "mlp", "toy_mlp"))
+        _check(source, "model.kind", self.model.kind, ("ncsn", "ncsnv2", "unet", "mlp", "toy_mlp"))
         _check(source, "training.loss_weighting", self.training.loss_weighting, ("sigma_power", "edm"))
+        _check(source, "training.sigma_draw", self.training.sigma_draw, ("ladder", "lognormal"))
+        if self.training.sigma_draw == "lognormal":
+            if self.model.kind not in ("mlp", "unet"):
+                raise ConfigError(f"{source}: training.sigma_draw lognormal draws sigmas between the ladder's levels, "
+                                  f"which only a network conditioned on sigma's value takes (model.kind mlp or unet), "
+                                  f"not {self.model.kind!r}")
+            if self.training.loss != "dsm":
+                raise ConfigError(f"{source}: training.sigma_draw lognormal is for training.loss dsm")
+        if not math.isfinite(self.training.sigma_mean):
+            raise ConfigError(f"{source}: training.sigma_mean must be a finite number, got {self.training.sigma_mean!r}")
+        if not (math.isfinite(self.training.sigma_std) and self.training.sigma_std > 0):
+            raise ConfigError(f"{source}: training.sigma_std must be positive, got {self.training.sigma_std!r}")
+        if self.model.groups < 0:
+            raise ConfigError(f"{source}: model.groups must be >= 0 (0: no normalisation), got {self.model.groups}")
         for key, value in (("noise.sigma_max", self.noise.sigma_max), ("noise.num_levels", self.noise.num_levels),
                            ("sampling.eps", self.sampling.eps)):
             if isinstance(value, str) and value != "auto":

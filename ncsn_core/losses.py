@@ -6,7 +6,11 @@ Both losses take the same arguments and return a :class:`LossOutput`:
 
 * ``model(x_noisy, level) -> score`` with ``level`` ``(B,)`` int64 indices into ``sigmas``.
 * ``x``: a batch of clean data ``(B, ...)``.
-* One random level per example (uniform over the L levels), as the paper trains.
+* One random level per example (uniform over the L levels), as the paper trains; or, for a
+  network conditioned on sigma's value (``model.kind`` mlp, unet), ``levels`` given as a float
+  ``(B,)`` tensor of sigmas (EDM's log-normal draw, ``training.sigma_draw: lognormal``): the
+  model then gets the sigmas themselves, and the output's ``levels`` are the nearest ladder
+  levels, for logging the loss per level.
 * Each example's loss is weighted by ``lambda(sigma) = sigma ** anneal_power``; the paper
   uses ``anneal_power = 2`` so that every level contributes on the same scale. With
   ``sigma_data`` given instead, by EDM's weighting (Karras et al. 2022) expressed on the
@@ -24,7 +28,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["LossOutput", "dsm_loss", "ssm_loss", "LOSSES", "loss_options", "loss_weight", "per_level_means"]
+__all__ = ["LossOutput", "dsm_loss", "ssm_loss", "LOSSES", "loss_options", "loss_weight", "per_level_means",
+           "nearest_levels"]
 
 ScoreModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,6 +77,12 @@ def _per_level_sigma(x: torch.Tensor, sigmas: torch.Tensor, levels: torch.Tensor
     return sigmas.to(x.device, x.dtype)[levels].view(-1, *([1] * (x.ndim - 1)))
 
 
+def nearest_levels(sigma: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int64: the ladder level nearest (in log sigma) to each of the ``(B,)`` sigmas."""
+    distance = (sigma.float().log().view(-1, 1) - sigmas.to(sigma.device).float().log().view(1, -1)).abs()
+    return distance.argmin(dim=1)
+
+
 def loss_weight(sigma: torch.Tensor, anneal_power: float = 2.0, sigma_data: float | None = None) -> torch.Tensor:
     """``lambda(sigma)`` elementwise: ``sigma ** anneal_power``, or EDM's weighting when
     ``sigma_data`` is given (see the module docstring)."""
@@ -108,19 +119,25 @@ def dsm_loss(
     ``l(sigma) = 1/2 E || s(x~, sigma) + (x~ - x) / sigma^2 ||^2`` with ``x~ = x + sigma z``,
     summed over dimensions, weighted by :func:`loss_weight` (``sigma ** anneal_power``, or EDM's
     with ``sigma_data``), averaged over the batch.
-    ``levels`` ``(B,)`` fixes each example's level and ``noise`` (shaped like ``x``) its
+    ``levels`` ``(B,)`` fixes each example's level (int64 indices into ``sigmas``, or float
+    sigmas for a network conditioned on sigma's value) and ``noise`` (shaped like ``x``) its
     ``z``, instead of drawing them from ``generator``.
     """
     if levels is None:
         levels = _sample_levels(x, sigmas.numel(), generator)
-    sigma = _per_level_sigma(x, sigmas, levels)
+    if levels.is_floating_point():  # the sigmas themselves
+        sigma = levels.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        logged = nearest_levels(levels, sigmas)
+    else:
+        sigma = _per_level_sigma(x, sigmas, levels)
+        logged = levels
     z = _randn_like(x, generator) if noise is None else noise.to(x.dtype)
     x_noisy = x + sigma * z
     target = -z / sigma  # = -(x~ - x) / sigma^2
     score = model(x_noisy, levels)
     sq = ((score - target) ** 2).flatten(1).sum(1)
     per_example = 0.5 * sq * loss_weight(sigma.flatten(), anneal_power, sigma_data)
-    return LossOutput(per_example.mean(), per_example.detach(), levels)
+    return LossOutput(per_example.mean(), per_example.detach(), logged)
 
 
 def ssm_loss(

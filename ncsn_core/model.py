@@ -7,17 +7,22 @@
   unlike NCSNv2) the output is *not* divided by sigma.
 * :class:`NCSNv2` is the follow-up's network: the same RefineNet, unconditional, with the
   output divided by the level's sigma.
+* :class:`PreconditionedUNet` is a small noise-conditional U-Net (convolutions at H and H/2, a
+  dense bottleneck) with EDM's preconditioning, for small images: the digits default. Its
+  convolutions share weights across positions, which the digits' strokes reward: at the same
+  training cost it covers the digits' variety (recall) where the MLP below draws prototypes
+  (docs/results/quality.md).
 * :class:`PreconditionedMLP` is a sigma-conditioned MLP denoiser with EDM's preconditioning
-  (Karras et al. 2022), for images small enough to flatten (the 8x8 digits: D = 64). Not a
-  network of the paper: the digits default uses it because it reaches the quality targets in
-  about a seventh of NCSNv2's training time on a CPU (docs/results/quality.md).
+  (Karras et al. 2022), for images small enough to flatten (the 8x8 digits: D = 64): the
+  digits default before the U-Net (clean samples, too alike).
 * :class:`ToyScoreMLP` is a small level-conditioned MLP for 2-D toy data.
 
 All have the signature ``model(x, level) -> score`` with ``score.shape == x.shape`` and
 ``level`` a ``(B,)`` int64 tensor of indices into the noise ladder (0 = largest sigma).
 A network with a score at any sigma says how in its class attribute ``any_sigma``:
 ``"scaled"`` (NCSNv2: the output at any level, rescaled by sigma_level / sigma) or
-``"value"`` (:class:`PreconditionedMLP`: ``level`` may be a float ``(B,)`` tensor of sigmas).
+``"value"`` (:class:`PreconditionedMLP`, :class:`PreconditionedUNet`: ``level`` may be a float
+``(B,)`` tensor of sigmas).
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import torch.nn as nn
 
 from .layers import ELU, CondRefineBlock, CondResidualBlock, conv3x3, make_norm
 
-__all__ = ["NCSN", "NCSNv2", "PreconditionedMLP", "ToyScoreMLP", "ANY_SIGMA_KINDS", "build_model", "make_score_fn",
-           "unwrap_model"]
+__all__ = ["NCSN", "NCSNv2", "PreconditionedMLP", "PreconditionedUNet", "ToyScoreMLP", "ANY_SIGMA_KINDS",
+           "VALUE_CONDITIONED_KINDS", "build_model", "make_score_fn", "unwrap_model"]
 
-ANY_SIGMA_KINDS = ("ncsnv2", "mlp")  # model.kind values whose network has a score at every sigma
+ANY_SIGMA_KINDS = ("ncsnv2", "mlp", "unet")  # model.kind values whose network has a score at every sigma
+VALUE_CONDITIONED_KINDS = ("mlp", "unet")  # ... conditioned on sigma's value (they train on any sigma, too)
 
 
 class _RefineNetScore(nn.Module):
@@ -147,45 +153,31 @@ class NCSNv2(_RefineNetScore):
         return self.refinenet(x, level) / scale
 
 
-class PreconditionedMLP(nn.Module):
-    """A sigma-conditioned MLP denoiser with EDM's preconditioning (Karras et al. 2022, Table 1),
-    for images flattened to vectors, returning the score.
-
-    With ``sigma_d`` the data's standard deviation (``model.sigma_data``)::
+class _Preconditioned(nn.Module):
+    """EDM's preconditioning (Karras et al. 2022, Table 1) around a raw network ``F``, returning
+    the score. With ``sigma_d`` the data's standard deviation (``model.sigma_data``)::
 
         c_skip = sigma_d^2 / (sigma^2 + sigma_d^2)     c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2)
         c_in = 1 / sqrt(sigma^2 + sigma_d^2)            c_noise = log(sigma) / 4
         D(x, sigma) = c_skip x + c_out F(c_in (x - 1/2), c_noise)       (the denoiser)
         s(x, sigma) = (D(x, sigma) - x) / sigma^2                       (Tweedie's formula)
 
-    ``F``: the flattened image through ``Linear(D, width)`` plus an embedding of ``c_noise``
-    (``Linear(1, 64) -> SiLU -> Linear(64, width)``), SiLU, then ``depth - 1`` blocks of
-    ``Linear(width, width) -> SiLU``, and ``Linear(width, D)``. Pixels are in ``[0, 1]``; the
-    input is centred on 1/2 before scaling.
-
-    Trained with :func:`ncsn_core.losses.dsm_loss` and ``sigma_data`` (EDM's weighting
+    Pixels are in ``[0, 1]``; the input is centred on 1/2 before scaling. Trained with
+    :func:`ncsn_core.losses.dsm_loss` and ``sigma_data`` (EDM's weighting
     ``lambda(sigma) = sigma^2 (sigma^2 + sigma_d^2) / sigma_d^2`` on the score, which is
     ``1 / c_out^2`` on the denoiser: every level's target for ``F`` has unit variance).
-
-    Args:
-        shape: ``(C, H, W)`` of the images.
-        sigmas: the noise ladder ``(L,)``, descending; kept as the buffer ``sigmas``.
-        width: hidden width; depth: hidden layers; sigma_data: ``sigma_d``.
+    Subclasses define ``raw(x_in (B, C, H, W), c_noise (B,)) -> (B, C, H, W)``.
     """
 
     any_sigma = "value"
 
-    def __init__(self, shape: tuple[int, int, int], sigmas: torch.Tensor, width: int = 512, depth: int = 4,
-                 sigma_data: float = 0.5):
+    def __init__(self, sigmas: torch.Tensor, sigma_data: float):
         super().__init__()
-        self.shape, self.sigma_data = tuple(shape), float(sigma_data)
-        dim = self.shape[0] * self.shape[1] * self.shape[2]
+        self.sigma_data = float(sigma_data)
         self.register_buffer("sigmas", sigmas.detach().clone().to(torch.float32))
-        self.noise_embedding = nn.Sequential(nn.Linear(1, 64), nn.SiLU(), nn.Linear(64, width))
-        self.inp = nn.Linear(dim, width)
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-        self.out = nn.Linear(width, dim)
-        self.act = nn.SiLU()
+
+    def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def _sigma(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """``(B,)`` sigmas: ``level`` itself when it holds floats, else the ladder at those indices."""
@@ -197,17 +189,129 @@ class PreconditionedMLP(nn.Module):
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         var = s**2 + self.sigma_data**2
         c_skip, c_out, c_in = self.sigma_data**2 / var, s * self.sigma_data / var.sqrt(), var.rsqrt()
-        h = self.inp((c_in * (x - 0.5)).flatten(1)) + self.noise_embedding(sigma.log().view(-1, 1) / 4)
-        h = self.act(h)
-        for layer in self.hidden:
-            h = self.act(layer(h))
-        return c_skip * x + c_out * self.out(h).view_as(x)
+        return c_skip * x + c_out * self.raw(c_in * (x - 0.5), sigma.log() / 4)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64 ladder indices or
         float sigmas. Returns the score ``(B, C, H, W)``."""
         sigma = self._sigma(x, level)
         return (self.denoise(x, sigma) - x) / sigma.view(-1, *([1] * (x.ndim - 1))) ** 2
+
+
+class PreconditionedMLP(_Preconditioned):
+    """A sigma-conditioned MLP denoiser with EDM's preconditioning (:class:`_Preconditioned`),
+    for images flattened to vectors, returning the score.
+
+    ``F``: the flattened image through ``Linear(D, width)`` plus an embedding of ``c_noise``
+    (``Linear(1, 64) -> SiLU -> Linear(64, width)``), SiLU, then ``depth - 1`` blocks of
+    ``Linear(width, width) -> SiLU``, and ``Linear(width, D)``.
+
+    Args:
+        shape: ``(C, H, W)`` of the images.
+        sigmas: the noise ladder ``(L,)``, descending; kept as the buffer ``sigmas``.
+        width: hidden width; depth: hidden layers; sigma_data: ``sigma_d``.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], sigmas: torch.Tensor, width: int = 512, depth: int = 4,
+                 sigma_data: float = 0.5):
+        super().__init__(sigmas, sigma_data)
+        self.shape = tuple(shape)
+        dim = self.shape[0] * self.shape[1] * self.shape[2]
+        self.noise_embedding = nn.Sequential(nn.Linear(1, 64), nn.SiLU(), nn.Linear(64, width))
+        self.inp = nn.Linear(dim, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
+        self.out = nn.Linear(width, dim)
+        self.act = nn.SiLU()
+
+    def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.inp(x_in.flatten(1)) + self.noise_embedding(c_noise.view(-1, 1)))
+        for layer in self.hidden:
+            h = self.act(layer(h))
+        return self.out(h).view_as(x_in)
+
+
+class _FiLMResBlock(nn.Module):
+    """``x -> (skip(x) + conv(act(FiLM(norm(conv(act(norm(x))))))) / sqrt 2``: two 3x3
+    convolutions, the noise embedding as a per-channel scale and shift between them (FiLM),
+    GroupNorm before each (``groups`` 0: none), SiLU."""
+
+    def __init__(self, c_in: int, c_out: int, embedding: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in) if groups else nn.Identity()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(embedding, 2 * c_out)
+        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out) if groups else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        scale, shift = self.film(embedding)[:, :, None, None].chunk(2, dim=1)
+        h = self.conv2(self.act(self.norm2(h) * (1 + scale) + shift))
+        return (self.skip(x) + h) * 2**-0.5
+
+
+class PreconditionedUNet(_Preconditioned):
+    """A small noise-conditional U-Net with EDM's preconditioning (:class:`_Preconditioned`),
+    for small images (the 8x8 digits), returning the score.
+
+    ``F`` for width ``c`` (``model.ngf``) on ``(C, H, W)`` images, every block conditioned on an
+    embedding of ``c_noise`` (``Linear(1, 128) -> SiLU -> Linear(128, 128)``) through FiLM::
+
+        conv3x3 C -> c                                   @H
+        res block c -> c                  (e1)           @H
+        conv3x3 stride 2, c -> 2c; res block 2c -> 2c   (e2) @H/2
+        dense bottleneck: flatten, Linear(2c H/2 W/2, hidden) + embedding, SiLU, Linear back, added to e2
+        res block [bottleneck, e2] 4c -> 2c              @H/2
+        transposed conv 2x2 stride 2, 2c -> c; res block [up, e1] 2c -> c   @H
+        SiLU, conv3x3 c -> C
+
+    The convolutions see every pixel's neighbourhood with the same weights (a stroke is a
+    stroke anywhere); the dense bottleneck sees the whole image at once (which digit it is).
+    H and W must be even.
+
+    Args:
+        shape: ``(C, H, W)`` of the images.
+        sigmas: the noise ladder ``(L,)``, descending; kept as the buffer ``sigmas``.
+        width: ``c``; hidden: the bottleneck's width; groups: GroupNorm groups (0: no norm);
+        sigma_data: ``sigma_d``.
+    """
+
+    EMBEDDING = 128
+
+    def __init__(self, shape: tuple[int, int, int], sigmas: torch.Tensor, width: int = 16, hidden: int = 256,
+                 groups: int = 8, sigma_data: float = 0.5):
+        super().__init__(sigmas, sigma_data)
+        self.shape = tuple(shape)
+        channels, height, breadth = self.shape
+        if height % 2 or breadth % 2:
+            raise ValueError(f"PreconditionedUNet needs an even image height and width, got {height}x{breadth}")
+        c, e = width, self.EMBEDDING
+        self.noise_embedding = nn.Sequential(nn.Linear(1, e), nn.SiLU(), nn.Linear(e, e))
+        self.inp = nn.Conv2d(channels, c, 3, padding=1)
+        self.enc1 = _FiLMResBlock(c, c, e, groups)
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.enc2 = _FiLMResBlock(2 * c, 2 * c, e, groups)
+        bottleneck = 2 * c * (height // 2) * (breadth // 2)
+        self.dense_in = nn.Linear(bottleneck, hidden)
+        self.dense_embedding = nn.Linear(e, hidden)
+        self.dense_out = nn.Linear(hidden, bottleneck)
+        self.dec2 = _FiLMResBlock(4 * c, 2 * c, e, groups)
+        self.up = nn.ConvTranspose2d(2 * c, c, 2, stride=2)
+        self.dec1 = _FiLMResBlock(2 * c, c, e, groups)
+        self.out = nn.Conv2d(c, channels, 3, padding=1)
+        self.act = nn.SiLU()
+
+    def raw(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        embedding = self.noise_embedding(c_noise.view(-1, 1))
+        h1 = self.enc1(self.inp(x_in), embedding)
+        h2 = self.enc2(self.down(h1), embedding)
+        dense = self.act(self.dense_in(h2.flatten(1)) + self.dense_embedding(embedding))
+        middle = h2 + self.dense_out(dense).view_as(h2)
+        u2 = self.dec2(torch.cat([middle, h2], dim=1), embedding)
+        u1 = self.dec1(torch.cat([self.up(u2), h1], dim=1), embedding)
+        return self.out(self.act(u1))
 
 
 class ToyScoreMLP(nn.Module):
@@ -261,11 +365,14 @@ def build_model(config) -> nn.Module:
 
         sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, num_levels)
         return NCSNv2(config.data.channels, sigmas, config.model.ngf)
-    if config.model.kind == "mlp":
+    if config.model.kind in VALUE_CONDITIONED_KINDS:
         from .noise import geometric_sigmas
 
         sigmas = geometric_sigmas(config.noise.sigma_max, config.noise.sigma_min, num_levels)
         shape = (config.data.channels, config.data.image_size, config.data.image_size)
+        if config.model.kind == "unet":
+            return PreconditionedUNet(shape, sigmas, width=config.model.ngf, hidden=config.model.hidden,
+                                      groups=config.model.groups, sigma_data=config.model.sigma_data)
         return PreconditionedMLP(shape, sigmas, width=config.model.hidden, depth=config.model.depth,
                                  sigma_data=config.model.sigma_data)
     if config.model.kind == "toy_mlp":

@@ -55,8 +55,9 @@ for _section in dataclasses.fields(Config):
 
 CHOICES = {
     "data.dataset": ("digits", "mnist", "cifar10", "celeba", "celeba64", "imagefolder", "toy"),
-    "model.kind": ("ncsn", "ncsnv2", "mlp", "toy_mlp"),
+    "model.kind": ("ncsn", "ncsnv2", "unet", "mlp", "toy_mlp"),
     "training.loss": ("dsm", "ssm"),
+    "training.sigma_draw": ("ladder", "lognormal"),
     "training.loss_weighting": ("sigma_power", "edm"),
     "sampling.init": ("uniform", "gaussian"),
     "sampling.precision": ("fp32", "bf16"),
@@ -70,10 +71,10 @@ POSITIVE = {
     "noise.sigma_min", "noise.num_levels", "training.n_projections", "training.batch_size", "training.lr",
     "training.steps", "training.checkpoint_every", "training.keep_checkpoints", "training.log_every",
     "training.grad_clip", "sampling.steps_per_level", "sampling.eps", "sampling.batch_size",
-    "sampling.preview_samples", "sampling.rho", "sampling.snr", "sampling.churn_noise",
+    "sampling.preview_samples", "sampling.rho", "sampling.snr", "sampling.churn_noise", "training.sigma_std",
 }
 NON_NEGATIVE = {"training.weight_decay", "training.anneal_power", "training.seed", "sampling.churn",
-                "sampling.churn_min", "sampling.corrector_steps"}
+                "sampling.churn_min", "sampling.corrector_steps", "model.groups"}
 UNIT_INTERVAL = {"training.ema_decay", "training.beta1"}  # [0, 1)
 AT_LEAST_TWO = {"sampling.steps"}
 

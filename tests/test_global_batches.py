@@ -41,3 +41,25 @@ def test_workers_split_the_global_batch_and_its_draws_between_them():
         assert torch.equal(torch.cat([getattr(p, field) for p in parts]), getattr(whole, field)), field
     assert parts[0].images.shape == (4, 1, 2, 2) and parts[0].images.dtype == torch.uint8
     assert int(whole.levels.max()) < 3
+
+
+def test_a_lognormal_sigma_draw_comes_last_and_splits_like_the_rest():
+    """EDM's log-normal draw (``training.sigma_draw: lognormal``): one sigma per example from the
+    step's generator after every other draw, so a ladder run's draws are unchanged; clamped to
+    the ladder's range; the same global draw however many workers share it."""
+    lognormal = (-1.2, 1.2, 0.08, 4.81)
+    ladder = GlobalBatches(_images(), global_batch=64, seed=5, num_levels=14).draws(9)
+    drawn = GlobalBatches(_images(), global_batch=64, seed=5, num_levels=14, lognormal=lognormal).draws(9)
+    assert ladder.sigmas is None
+    for field in ("images", "levels", "noise", "uniform", "flip"):
+        assert torch.equal(getattr(drawn, field), getattr(ladder, field)), field
+    assert drawn.sigmas.dtype == torch.float32 and drawn.sigmas.shape == (64,)
+    assert bool(drawn.sigmas.min() >= torch.tensor(0.08)) and bool(drawn.sigmas.max() <= torch.tensor(4.81))
+    logs = torch.cat([GlobalBatches(_images(), global_batch=64, seed=5, num_levels=14, lognormal=lognormal)
+                      .draws(k).sigmas for k in range(1, 40)]).log()
+    inside = logs[(logs > torch.log(torch.tensor(0.08))) & (logs < torch.log(torch.tensor(4.81)))]
+    assert abs(float(torch.median(logs)) + 1.2) < 0.1  # the median of log sigma is the mean, -1.2
+    assert 0.6 < float(inside.std()) < 1.2  # 1.2 before the clamp cuts the tails
+    parts = [GlobalBatches(_images(), global_batch=64, seed=5, num_levels=14, lognormal=lognormal, rank=r,
+                           world=4).draws(9).sigmas for r in range(4)]
+    assert torch.equal(torch.cat(parts), drawn.sigmas)

@@ -10,8 +10,10 @@ MNIST and CIFAR-10) holds every image in each worker and derives, for each optim
   ``N`` images drawn from a generator seeded by ``(seed, e)``;
 * the loss's and the augmentation's draws, from a generator seeded by ``(seed, k)``, in
   this order for the whole global batch: noise levels ``(B,)``, the Gaussian ``z`` of
-  ``x~ = x + sigma z`` ``(B, C, H, W)``, the dequantisation uniforms ``(B, C, H, W)`` and
-  the flip coins ``(B,)``.
+  ``x~ = x + sigma z`` ``(B, C, H, W)``, the dequantisation uniforms ``(B, C, H, W)``, the
+  flip coins ``(B,)`` and, with a log-normal sigma draw (``training.sigma_draw:
+  lognormal``), one standard normal per example ``(B,)``: ``sigma = exp(mean + std u)``,
+  clamped to the ladder's range (drawn last, so a ladder run's draws are unchanged).
 
 Worker ``r`` of ``W`` takes rows ``[r b, (r + 1) b)`` of each with ``b = B // W``. Nothing
 depends on the history of the run, so
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["GlobalBatches", "StepDraws", "derived_seed"]
+__all__ = ["GlobalBatches", "StepDraws", "derived_seed", "lognormal_of"]
 
 _EPOCH_ORDER, _STEP_DRAWS, _LOSS_DRAWS = 0, 1, 2  # the purposes a seed is derived for
 
@@ -46,6 +48,15 @@ def derived_seed(*parts: int) -> int:
     so that nearby inputs such as consecutive steps give unrelated streams)."""
     words = np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint32)
     return int(words[0]) | (int(words[1]) << 32)
+
+
+def lognormal_of(config) -> tuple[float, float, float, float] | None:
+    """``(mean, std, sigma_min, sigma_max)`` of a config's log-normal sigma draw, or None when it
+    trains on the ladder's levels (``training.sigma_draw``)."""
+    tc = config.training
+    if tc.sigma_draw != "lognormal":
+        return None
+    return float(tc.sigma_mean), float(tc.sigma_std), float(config.noise.sigma_min), float(config.noise.sigma_max)
 
 
 def _generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -58,7 +69,9 @@ class StepDraws:
 
     ``images``: ``(b, C, H, W)`` uint8; ``levels``: ``(b,)`` int64 noise-level indices;
     ``noise``: ``(b, C, H, W)`` float32 standard normal (the loss's ``z``); ``uniform``:
-    ``(b, C, H, W)`` float32 in [0, 1) for dequantisation; ``flip``: ``(b,)`` bool.
+    ``(b, C, H, W)`` float32 in [0, 1) for dequantisation; ``flip``: ``(b,)`` bool; ``sigmas``:
+    ``(b,)`` float32 with a log-normal sigma draw (the loss then uses these, not ``levels``),
+    else None.
     """
 
     images: torch.Tensor
@@ -66,23 +79,26 @@ class StepDraws:
     noise: torch.Tensor
     uniform: torch.Tensor
     flip: torch.Tensor
+    sigmas: torch.Tensor | None = None
 
 
 class GlobalBatches:
     """The step-addressed batches of one worker over images held in memory.
 
     ``images``: ``(N, C, H, W)`` uint8, the whole dataset in manifest order, on the
-    worker's device. ``global_batch``: ``B``, a multiple of ``world``.
+    worker's device. ``global_batch``: ``B``, a multiple of ``world``. ``lognormal``:
+    ``(mean, std, sigma_min, sigma_max)`` of a log-normal sigma draw, or None (the ladder).
     """
 
     def __init__(self, images: torch.Tensor, *, global_batch: int, seed: int, num_levels: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, lognormal: tuple[float, float, float, float] | None = None):
         if global_batch % world:
             raise ValueError(f"the global batch {global_batch} does not split evenly over {world} workers")
         if len(images) < global_batch:
             raise ValueError(f"the data set has {len(images)} images, fewer than the global batch {global_batch}")
         self.images, self.global_batch, self.seed, self.num_levels = images, global_batch, seed, num_levels
         self.rank, self.per_worker = rank, global_batch // world
+        self.lognormal = lognormal
         self.steps_per_epoch = len(images) // global_batch
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
@@ -108,11 +124,16 @@ class GlobalBatches:
         noise = torch.randn((B, *shape), generator=g)
         uniform = torch.rand((B, *shape), generator=g)
         flip = torch.rand((B,), generator=g) < 0.5
+        sigmas = None
+        if self.lognormal is not None:
+            mean, std, sigma_min, sigma_max = self.lognormal
+            sigmas = (mean + std * torch.randn((B,), generator=g)).exp().clamp(sigma_min, sigma_max)
         mine = slice(self.rank * self.per_worker, (self.rank + 1) * self.per_worker)
         device = self.images.device
         rows = self.global_indices(step)[mine].to(device)
         return StepDraws(self.images[rows], levels[mine].to(device), noise[mine].to(device),
-                         uniform[mine].to(device), flip[mine].to(device))
+                         uniform[mine].to(device), flip[mine].to(device),
+                         None if sigmas is None else sigmas[mine].to(device))
 
     def loss_generator(self, step: int) -> torch.Generator:
         """A generator for the loss's own draws at ``step`` on this rank (sliced score

@@ -92,7 +92,7 @@ def step_inputs(batches: "GlobalBatches", step: int, config: Config) -> tuple[to
     x = augment(d.images, dequantize=config.data.dequantize, random_flip=config.data.random_flip,
                 uniform=d.uniform, flip=d.flip)
     if config.training.loss == "dsm":
-        return x, {"levels": d.levels, "noise": d.noise}
+        return x, {"levels": d.levels if d.sigmas is None else d.sigmas, "noise": d.noise}
     return x, {"levels": d.levels, "generator": batches.loss_generator(step)}
 
 

@@ -39,7 +39,7 @@ __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "digits"  # a shipped config (ncsn_ray/configs/digits.yaml)
 AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
-IMAGE_MODELS = ("ncsn", "ncsnv2", "mlp")
+IMAGE_MODELS = ("ncsn", "ncsnv2", "unet", "mlp")
 CACHE_LIMIT_BYTES = 1 << 30  # decoded datasets up to this size train in memory (data_cache "auto")
 
 
@@ -86,7 +86,7 @@ def _load_config(options: TrainOptions) -> Config:
     if overrides:
         config = apply_overrides(config, overrides, source=f"{options.config} with overrides")
     if config.model.kind not in IMAGE_MODELS:
-        raise UserError(f"{options.config}: this job trains image models (model.kind: ncsn, ncsnv2 or mlp); "
+        raise UserError(f"{options.config}: this job trains image models (model.kind: ncsn, ncsnv2, unet or mlp); "
                         "the toy has its own job")
     return config
 

@@ -35,7 +35,7 @@ from ncsn_core.checkpoint import CheckpointError
 from ncsn_core.config import Config
 
 from ..data.format import read_manifest
-from ..data.global_batches import GlobalBatches
+from ..data.global_batches import GlobalBatches, lognormal_of
 from ..data.ingest import WorkerBatches, augment, read_images, step_inputs
 from ..errors import JobFailed
 from ..io.layout import CHECKPOINT_FILE, STEP_FILE, STOPPED_FILE
@@ -186,17 +186,24 @@ def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, ran
         data = Storage.from_uri(opts.data_uri, endpoint_url=opts.endpoint_url)
         images = read_images(data, read_manifest(data)).to(device)
         batches = GlobalBatches(images, global_batch=per_worker * world, seed=tc.seed,
-                                num_levels=config.noise.num_levels, rank=rank, world=world)
+                                num_levels=config.noise.num_levels, rank=rank, world=world,
+                                lognormal=lognormal_of(config))
 
         return lambda step: step_inputs(batches, step, config)
 
     stream = iter(WorkerBatches(ray.train.get_dataset_shard("train"), per_worker, device))
     aug_generator = torch.Generator(device=device).manual_seed(tc.seed * 7919 + rank * 104729 + start_step)
 
+    lognormal = lognormal_of(config)
+
     def next_streamed(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x = augment(next(stream), dequantize=data_cfg.dequantize, random_flip=data_cfg.random_flip,
                     generator=aug_generator)
-        return x, {}
+        if lognormal is None:
+            return x, {}
+        mean, std, sigma_min, sigma_max = lognormal
+        normal = torch.randn((x.shape[0],), generator=aug_generator, device=device)
+        return x, {"levels": (mean + std * normal).exp().clamp(sigma_min, sigma_max)}
 
     return next_streamed
 
