@@ -6,6 +6,7 @@ dataset (FID also against published statistics), FD-DINOv2, or the offline digit
         [--reference-limit N] [--no-ray] [--s3-endpoint URL] [--json]
     python jobs/evaluate.py --samples URI --reference-stats fid_stats_cifar10_train.npz --metrics fid,isc
     python jobs/evaluate.py --samples runs/samples/digits --metrics digits
+    python jobs/evaluate.py --samples runs/s0,runs/s1,runs/s2 --metrics digits   # mean ± std over 3 sets
 
 Both URIs are read straight from storage (s3://, gs://, local). The sample set must be
 complete (made by jobs/generate.py; its manifest exists). fid, kid, prc and fd-dinov2 need
@@ -27,6 +28,11 @@ features reach the driver, which computes the scores with torch-fidelity's funct
 ``ray job submit`` the actors spread over the cluster; on a laptop an embedded Ray instance
 runs them. --no-ray runs torch-fidelity's own calculate_metrics in this process (same scores).
 
+Several sample sets (--samples A,B,C: e.g. one model's disjoint seed ranges, made with
+generate.py --seed 0, --seed 512, --seed 1024) are each scored and written as one set is,
+then every metric is printed as mean ± std over the sets (the spread a single number hides);
+every set is checked before any is scored.
+
 Offline: pass the InceptionV3 weights with --inception-weights (a local file or a storage
 URI of torch-fidelity's weights-inception-2015-12-05-6726825d.pth) or put that file in the
 torch hub cache ($TORCH_HOME/hub/checkpoints/).
@@ -45,7 +51,8 @@ METRICS = "fid,isc,kid"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = job_parser(__doc__, "evaluate")
-    parser.add_argument("--samples", required=True, help="sample-set URI (from jobs/generate.py)")
+    parser.add_argument("--samples", required=True, help="sample-set URI (from jobs/generate.py), or several separated "
+                        "by commas: each is scored, then every metric is reported as mean ± std over the sets")
     parser.add_argument("--reference", help="prepared dataset URI (from jobs/prepare_data.py); needed by fid, isc, kid")
     parser.add_argument("--metrics", default=METRICS, help="comma-separated subset of fid,isc,kid,prc,fd-dinov2,digits "
                         "(default: %(default)s)")

@@ -2,7 +2,7 @@
 of one checkpoint, each drawing --n samples and scoring them; prints the quality-versus-cost
 front and, last, the --set flags to pass to jobs/generate.py.
 
-    python jobs/tune_sampler.py [--checkpoint URI] [--metric digits|fid|kid] [--n N]
+    python jobs/tune_sampler.py [--checkpoint URI] [--metric digits|fid|kid] [--n N] [--seed-sets K]
         [--budget-nfe B] [--tolerance 0.1] [--space quick|full] [--out URI]
         [--reference URI] [--inception-weights PATH] [--use-gpu] [--max-concurrent K]
         [--s3-endpoint URL] [--json]
@@ -18,7 +18,11 @@ Metrics (lower is better): digits (8x8 grey models, offline: the classifier-feat
 distance over that of real digits at the same n), fid and kid (torch-fidelity, against the
 prepared dataset --reference, its features cached as jobs/evaluate.py caches them). Scores
 at small n are biased upward; compare settings at the same n, and confirm the chosen one at
-the n you publish.
+the n you publish. With --seed-sets K each trial scores K disjoint sets of --n seeds
+(0..Kn-1) and reports the means and their spread. Every trial also measures recall (the
+share of the real data the samples cover: the digits classifier's or Inception's k-NN
+recall), and the recommendation is never a setting whose recall is more than 0.03 below the
+best trial's: a Frechet distance can improve while coverage falls.
 
 Output in --out (default runs/tune/<run>): trials.parquet (every trial), _front.png,
 _manifest.json (written last). Re-running an interrupted search resumes it (finished trials
@@ -38,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = job_parser(__doc__, "tune_sampler")
     parser.add_argument("--checkpoint", help="run folder, checkpoint folder or .pt URI (default: runs/digits)")
     parser.add_argument("--metric", default="digits", help="digits, fid or kid (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=256, help="samples per trial (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=256, help="samples per seed set (default: %(default)s)")
+    parser.add_argument("--seed-sets", type=int, default=1, help="disjoint sets of --n seeds each trial draws and "
+                        "scores; its numbers are their means, with the spread (default: %(default)s)")
     parser.add_argument("--budget-nfe", type=int, default=None,
                         help="most network evaluations per sample a setting may cost (default: no bound)")
     parser.add_argument("--tolerance", type=float, default=0.1,
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     options = TuneOptions(checkpoint=args.checkpoint, metric=args.metric, n=args.n, budget_nfe=args.budget_nfe,
                           tolerance=args.tolerance, out=args.out, reference=args.reference,
                           inception_weights=args.inception_weights, size=args.space, use_gpu=args.use_gpu,
-                          max_concurrent=args.max_concurrent, endpoint_url=args.s3_endpoint)
+                          max_concurrent=args.max_concurrent, endpoint_url=args.s3_endpoint,
+                          seed_sets=args.seed_sets)
     return tune_job.run(options, log=PROGRESS)
 
 

@@ -38,11 +38,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DigitsJudge", "judge", "score", "classify", "calibration", "digits_uint8", "IMAGE_SHAPE"]
+__all__ = ["DigitsJudge", "judge", "score", "classify", "calibration", "digits_uint8", "IMAGE_SHAPE", "QUALITY_TARGETS",
+           "target_verdicts"]
 
 IMAGE_SHAPE = (8, 8, 1)  # (H, W, C) the metric applies to
 HIDDEN = 128
 NEAR_COPY_PERCENTILE = 1.0
+
+# The digits default's quality targets (issue 34), each judged on the mean over disjoint seed
+# sets of 512 samples, in the names of ``ncsn_ray.tune.trial.digits_score``: fidelity (FD over
+# real digits' at the same n, precision, confidence) and coverage (recall, the largest class)
+# together, and no more near copies of training digits than real digits have by the same rule.
+QUALITY_TARGETS = {
+    "fd_ratio": ("<=", 1.5),
+    "precision": (">=", 0.87),
+    "recall": (">=", 0.87),
+    "confidence": (">=", 0.92),
+    "max_class_share": ("<=", 0.13),
+    "near_copy_share": ("<=", "real_near_copy_share"),
+}
 
 
 def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -204,3 +218,14 @@ def score_with_calibration(images: np.ndarray) -> tuple[dict[str, Any], dict[str
     """The metric for ``images`` and the calibration rows at the same n (at most 899, the train
     split): what ``jobs/evaluate.py --metrics digits`` reports and the sampler search ranks by."""
     return score(images), calibration(min(len(images), 899))
+
+
+def target_verdicts(means: dict[str, float]) -> dict[str, bool]:
+    """``{target: met}`` for :data:`QUALITY_TARGETS` on a set's (or the seed sets' mean) numbers:
+    ``fd_ratio``, ``precision``, ``recall``, ``confidence``, ``max_class_share``,
+    ``near_copy_share`` and ``real_near_copy_share`` (the bound of the near-copy target)."""
+    verdicts = {}
+    for key, (sense, bound) in QUALITY_TARGETS.items():
+        limit = means[bound] if isinstance(bound, str) else bound
+        verdicts[key] = means[key] <= limit if sense == "<=" else means[key] >= limit
+    return verdicts

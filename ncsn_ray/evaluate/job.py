@@ -364,13 +364,77 @@ class EvaluateOptions:
     use_ray: bool = True
 
 
+def sample_set_uris(samples: str) -> list[str]:
+    """The sample sets of ``--samples``: one URI, or several separated by commas."""
+    uris = [u.strip() for u in samples.split(",") if u.strip()]
+    if not uris:
+        raise EvaluationError("no sample set given")
+    if len(set(uris)) != len(uris):
+        raise EvaluationError(f"a sample set is named twice in {samples!r}: each set counts once in the spread")
+    return uris
+
+
 def run(options: EvaluateOptions, *, log: Log = print) -> dict[str, Any]:
-    """Score ``options.samples``: features on a Ray actor pool, or in this process (``use_ray=False``)."""
+    """Score ``options.samples``: features on a Ray actor pool, or in this process (``use_ray=False``).
+
+    Several sample sets (``options.samples`` a comma-separated list, e.g. one model's disjoint
+    seed ranges) are each scored as one set would be (each gets its own ``_scores.json``), then
+    reported together: every metric as the mean ± std over the sets (:mod:`ncsn_ray.evaluate.spread`).
+    Every set is checked before any is scored, and one Ray instance serves them all."""
     kwargs = dict(metrics=options.metrics, inception_weights=options.inception_weights,
                   endpoint_url=options.endpoint_url, batch_size=options.batch_size,
                   reference_limit=options.reference_limit, reference_stats=options.reference_stats,
                   dinov2_weights=options.dinov2_weights)
-    if options.use_ray:
-        return evaluate_on_ray(options.samples, options.reference, use_gpu=options.use_gpu,
-                               num_actors=options.num_actors, cpus_per_actor=options.num_cpus, log=log, **kwargs)
-    return evaluate(options.samples, options.reference, device="cuda" if options.use_gpu else None, log=log, **kwargs)
+
+    def score(uri: str) -> dict[str, Any]:
+        if options.use_ray:
+            return evaluate_on_ray(uri, options.reference, use_gpu=options.use_gpu, num_actors=options.num_actors,
+                                   cpus_per_actor=options.num_cpus, log=log, **kwargs)
+        return evaluate(uri, options.reference, device="cuda" if options.use_gpu else None, log=log, **kwargs)
+
+    uris = sample_set_uris(options.samples)
+    if len(uris) == 1:
+        return score(uris[0])
+    checked = [check_inputs(uri, options.reference, metrics=options.metrics, endpoint_url=options.endpoint_url
+                            or endpoint_from_env(), reference_limit=options.reference_limit,
+                            reference_stats=options.reference_stats) for uri in uris]
+    counts = {inputs.n_samples for inputs in checked}
+    if len(counts) > 1:
+        log(f"[evaluate] note: the sets hold different numbers of samples ({sorted(counts)}); scores such as FID "
+            "move with n, so their spread mixes that in")
+    started_ray = False
+    if options.use_ray and checked[0].feature_metrics:
+        from ..cluster import init_ray
+
+        begin_work()
+        started_ray = init_ray(log=log)  # one instance for every set
+    try:
+        results = []
+        for index, uri in enumerate(uris, 1):
+            log(f"[evaluate] sample set {index} of {len(uris)}: {uri}")
+            results.append(score(uri))
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return _report_spread(results, log)
+
+
+def _report_spread(results: list[dict[str, Any]], log: Log) -> dict[str, Any]:
+    """Every metric of every set as ``mean ± std`` (and the digits metric's FD over real digits')."""
+    from .spread import format_spread, summarise
+
+    rows = []
+    for result in results:
+        row = dict(result["metrics"])
+        real = result.get("digits", {}).get("calibration", {}).get("real", {}).get("digits_fd")
+        if real and "digits_fd" in row:
+            row["digits_fd_over_real"] = row["digits_fd"] / real
+        rows.append(row)
+    spread = summarise(rows)
+    log(f"[evaluate] {len(results)} sample sets: mean ± std (sample standard deviation over the sets)")
+    for key, entry in spread.items():
+        values = ", ".join(f"{v:.4g}" for v in entry["values"])
+        log(f"[evaluate]   {key:32s} {format_spread(entry, 4):>22s}   ({values})")
+    return {"samples": [r["samples"] for r in results], "num_sets": len(results), "spread": spread, "sets": results}

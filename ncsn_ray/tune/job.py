@@ -39,12 +39,16 @@ from ..io.layout import MANIFEST, default_run_uri, run_name
 from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 from ..sample.job import SamplingOptions, resolve_sampling
 from ..sample.sample_set import FolderState, make_job_spec, open_sample_set
-from .front import pareto_front, recommend
+from .front import RECALL_MARGIN, pareto_front, recommend
 from .space import candidate_settings, method_of, setting_label, setting_nfe
 from .trial import METRICS
 
 __all__ = ["TuneOptions", "run", "FRONT_PLOT", "TRIALS"]
 
+# The numbers of a trial kept in trials.parquet (besides each one's spread, ``<key>_std``).
+TRIAL_COLUMNS = ("score", "nfe", "samples_per_s", "seconds", "failed", "fd", "real_fd", "precision", "recall",
+                 "confidence", "max_class_share", "near_copy_share", "frechet_inception_distance",
+                 "kernel_inception_distance_mean", "f_score")
 FRONT_PLOT = "_front.png"
 TRIALS = "trials.parquet"
 EXPERIMENT = "_tune"
@@ -71,6 +75,7 @@ class TuneOptions:
     use_gpu: bool = False
     max_concurrent: int | None = None
     endpoint_url: str | None = None
+    seed_sets: int = 1  # disjoint sets of n seeds per trial; the trial's numbers are their means
 
 
 def _check_options(options: TuneOptions) -> None:
@@ -86,6 +91,8 @@ def _check_options(options: TuneOptions) -> None:
         raise UserError(f"--metric {options.metric} needs --reference URI (a prepared dataset)")
     if options.max_concurrent is not None and options.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be at least 1, got {options.max_concurrent}")
+    if options.seed_sets < 1:
+        raise UserError(f"--seed-sets must be at least 1, got {options.seed_sets}")
 
 
 def plan(options: TuneOptions) -> tuple[Any, list[list[str]], list[int]]:
@@ -113,7 +120,7 @@ def plan(options: TuneOptions) -> tuple[Any, list[list[str]], list[int]]:
 
 
 def _trial(config: dict, *, checkpoint: str, n: int, metric: str, reference: str | None,
-           inception_weights: str | None, endpoint_url: str | None, use_gpu: bool) -> None:
+           inception_weights: str | None, endpoint_url: str | None, use_gpu: bool, seed_sets: int) -> None:
     """One Tune trial: draw and score one setting; report its numbers (``score`` inf when the
     samples were not finite, i.e. the setting is unstable for this network)."""
     import torch
@@ -127,13 +134,14 @@ def _trial(config: dict, *, checkpoint: str, n: int, metric: str, reference: str
     try:
         result = draw_and_score(checkpoint, overrides, n, metric, reference=reference,
                                 inception_weights=inception_weights, endpoint_url=endpoint_url,
-                                device="cuda" if use_gpu else "cpu")
+                                device="cuda" if use_gpu else "cpu", seed_sets=seed_sets)
     except NonFiniteSamplesError:
         tune.report({"score": math.inf, "nfe": -1, "samples_per_s": 0.0, "failed": "non-finite samples"})
         return
     extras = {k: float(v) for k, v in result.extra.items() if isinstance(v, (int, float))}
+    spread = {f"{k}_std": entry["std"] for k, entry in result.spread.items()}
     tune.report({"score": result.score, "nfe": result.nfe, "samples_per_s": result.samples_per_s,
-                 "seconds": result.seconds, "failed": "", **extras})
+                 "seconds": result.seconds, "failed": "", **extras, **spread})
 
 
 class _Progress:
@@ -165,7 +173,8 @@ def _tuner(options: TuneOptions, out: Storage, setup, settings: list[list[str]],
 
     trainable = tune.with_parameters(
         _trial, checkpoint=setup.pinned.uri, n=options.n, metric=options.metric, reference=options.reference,
-        inception_weights=options.inception_weights, endpoint_url=setup.endpoint_url, use_gpu=options.use_gpu)
+        inception_weights=options.inception_weights, endpoint_url=setup.endpoint_url, use_gpu=options.use_gpu,
+        seed_sets=options.seed_sets)
     trainable = tune.with_resources(trainable, {"gpu": 1} if options.use_gpu else {"cpu": 1})
     storage_path = out.path if out.is_local else out.full()
     experiment = f"{storage_path.rstrip('/')}/{EXPERIMENT}"
@@ -189,9 +198,7 @@ def _rows(results) -> list[dict]:
         if result.metrics is None or "score" not in result.metrics:
             continue
         overrides = json.loads(result.config["setting"])
-        metrics = {k: v for k, v in result.metrics.items() if k in ("score", "nfe", "samples_per_s", "seconds",
-                                                                    "failed", "fd", "real_fd", "confidence",
-                                                                    "max_class_share", "near_copy_share")}
+        metrics = {k: v for k, v in result.metrics.items() if k in TRIAL_COLUMNS or k.endswith("_std")}
         rows.append({"setting": json.dumps(overrides), "label": setting_label(overrides),
                      "method": method_of(overrides, default="config"), **metrics})
     return sorted(rows, key=lambda r: (r["nfe"], r["score"]))
@@ -217,14 +224,17 @@ def run(options: TuneOptions, *, log: Log = print) -> dict[str, Any]:
                            endpoint_url=setup.endpoint_url)
     identity = {"checkpoint": setup.pinned.identity(), "metric": options.metric, "n": options.n,
                 "reference": options.reference, "settings": [json.dumps(s) for s in settings]}
+    if options.seed_sets > 1:  # recorded only when asked for, so earlier searches keep their identity
+        identity["seed_sets"] = options.seed_sets
     spec = make_job_spec("tune", identity, {"checkpoint_uri": setup.pinned.uri, "created_at": utc_timestamp()})
     state = open_sample_set(out, spec)
     if state is FolderState.COMPLETE:
         manifest = out.read_json(MANIFEST)
         log(f"[tune] {out.uri} already holds this finished search")
         return _report(manifest, log)
+    per_trial = f"{options.seed_sets} sets of {options.n} samples" if options.seed_sets > 1 else f"{options.n} samples"
     log(f"[tune] {len(settings)} sampler settings for {setup.pinned.uri} (step {setup.pinned.step}), "
-        f"{options.n} samples each, metric {options.metric}, NFE {min(costs)}..{max(costs)}"
+        f"{per_trial} each, metric {options.metric}, NFE {min(costs)}..{max(costs)}"
         f"{f' (budget {options.budget_nfe})' if options.budget_nfe else ''}; results in {out.uri}")
     from ..cluster import init_ray
 
@@ -244,25 +254,37 @@ def run(options: TuneOptions, *, log: Log = print) -> dict[str, Any]:
     front = pareto_front(rows)
     best = recommend(rows, options.tolerance)
     _write_outputs(out, rows, front, best, options.metric, setup.checkpoint.config.name)
-    manifest = {"job": spec, "metric": options.metric, "n": options.n, "tolerance": options.tolerance,
-                "trials": TRIALS, "front_plot": FRONT_PLOT, "front": front, "recommended": best,
-                "checkpoint": setup.pinned.uri, "created_at": utc_timestamp()}
+    recalls = [r["recall"] for r in rows if isinstance(r.get("recall"), float) and math.isfinite(r["recall"])]
+    manifest = {"job": spec, "metric": options.metric, "n": options.n, "seed_sets": options.seed_sets,
+                "tolerance": options.tolerance, "recall_margin": RECALL_MARGIN,
+                "best_recall": max(recalls) if recalls else None, "trials": TRIALS, "front_plot": FRONT_PLOT,
+                "front": front, "recommended": best, "checkpoint": setup.pinned.uri, "created_at": utc_timestamp()}
     out.write_json(MANIFEST, manifest)
     return _report(manifest, log)
 
 
 def _report(manifest: dict, log: Log) -> dict[str, Any]:
     front, best = manifest["front"], manifest["recommended"]
-    log(f"[tune] front ({manifest['metric']} score, lower is better; {manifest['n']} samples per setting):")
+    sets = manifest.get("seed_sets", 1)
+    per = f"{manifest['n']} samples per setting" + (f", mean of {sets} seed sets" if sets > 1 else "")
+    log(f"[tune] front ({manifest['metric']} score, lower is better; {per}):")
     for row in front:
-        log(f"[tune]   {row['nfe']:5d} NFE  score {row['score']:.4g}  {row['label']}")
+        spread = f" ± {row['score_std']:.2g}" if sets > 1 and "score_std" in row else ""
+        recall = f"  recall {row['recall']:.3f}" if "recall" in row else ""
+        log(f"[tune]   {row['nfe']:5d} NFE  score {row['score']:.4g}{spread}{recall}  {row['label']}")
     summary = {"front": [{"nfe": r["nfe"], "score": r["score"], "setting": json.loads(r["setting"])} for r in front]}
     if best is None:
         log("[tune] no setting gave finite samples")
         return {**summary, "recommended": None}
     flags = " ".join(f"--set {o}" for o in json.loads(best["setting"]))
+    top_recall = manifest.get("best_recall")
+    coverage = ""
+    if top_recall is not None and "recall" in best:
+        coverage = (f", recall {best['recall']:.3f} against the best trial's {top_recall:.3f} "
+                    f"(at most {manifest.get('recall_margin', RECALL_MARGIN):g} below it)")
     log(f"[tune] cheapest setting within {100 * manifest['tolerance']:g}% of the best score: {best['label']} "
-        f"({best['nfe']} NFE/sample, score {best['score']:.4g})")
+        f"({best['nfe']} NFE/sample, score {best['score']:.4g}{coverage})")
     log(f"[tune] generate with: python jobs/generate.py --checkpoint {manifest['checkpoint']} {flags}".rstrip())
-    return {**summary, "recommended": {"nfe": best["nfe"], "score": best["score"],
-                                       "setting": json.loads(best["setting"]), "flags": flags}}
+    return {**summary, "recommended": {"nfe": best["nfe"], "score": best["score"], "recall": best.get("recall"),
+                                       "best_recall": top_recall, "setting": json.loads(best["setting"]),
+                                       "flags": flags}}
