@@ -133,15 +133,21 @@ def judge() -> DigitsJudge:
 
 
 def _nearest_distances(queries: np.ndarray, points: np.ndarray, *, exclude_self: bool = False,
-                       query_rows: np.ndarray | None = None) -> np.ndarray:
+                       query_rows: np.ndarray | None = None, chunk: int = 2048) -> np.ndarray:
     """Euclidean distance from each query row to its nearest row of ``points``; with
     ``exclude_self`` the query is row ``query_rows[k]`` (default ``k``) of ``points`` and
-    that row does not count."""
-    sq = (queries**2).sum(1)[:, None] + (points**2).sum(1)[None, :] - 2 * queries @ points.T
-    if exclude_self:
-        rows = np.arange(len(queries)) if query_rows is None else query_rows
-        sq[np.arange(len(queries)), rows] = np.inf
-    return np.sqrt(np.maximum(sq.min(1), 0.0))
+    that row does not count. ``chunk`` queries at a time, so memory stays ``chunk x len(points)``
+    whatever the number of queries (50,000 samples: 29 MB a chunk instead of 720 MB at once)."""
+    rows = np.arange(len(queries)) if query_rows is None else query_rows
+    point_norms = (points**2).sum(1)[None, :]
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), chunk):
+        part = queries[start:start + chunk]
+        sq = (part**2).sum(1)[:, None] + point_norms - 2 * part @ points.T
+        if exclude_self:
+            sq[np.arange(len(part)), rows[start:start + chunk]] = np.inf
+        out[start:start + chunk] = np.sqrt(np.maximum(sq.min(1), 0.0))
+    return out
 
 
 def _score_flat(flat: np.ndarray, j: DigitsJudge, training_rows: np.ndarray | None = None) -> dict[str, Any]:
@@ -172,8 +178,10 @@ def precision_recall(features: np.ndarray, real_features: np.ndarray) -> dict[st
     import torch
     from torch_fidelity.metric_prc import prc_features_to_metric
 
+    from .scores import PRC_BATCH  # distance blocks of PRC_BATCH x N: 205 MB at 50,000 samples, not 2 GB
+
     out = prc_features_to_metric(torch.from_numpy(features).float(), torch.from_numpy(real_features).float(),
-                                 prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+                                 prc_neighborhood=3, prc_batch_size=PRC_BATCH, save_cpu_ram=True, verbose=False)
     return {"digits_precision": float(out["precision"]), "digits_recall": float(out["recall"])}
 
 
