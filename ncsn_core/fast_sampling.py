@@ -8,7 +8,8 @@ s(t) = 1, sigma(t) = t) is::
 
 with ``D`` the denoiser (Tweedie's formula). Every sampler here has the signature::
 
-    sampler(score_fn, x, sigmas, *, final_denoise=True, <settings>, generator=None, noise=None, callback=None) -> x
+    sampler(score_fn, x, sigmas, *, final_denoise=True, <settings>, generator=None, noise=None, callback=None,
+            constrain=None) -> x
 
 * ``score_fn(x, sigma) -> score`` with ``sigma`` a ``(B,)`` float tensor
   (:mod:`ncsn_core.sigma_score`: a ladder network through :class:`~ncsn_core.sigma_score.LadderScore`,
@@ -24,6 +25,17 @@ with ``D`` the denoiser (Tweedie's formula). Every sampler here has the signatur
 * ``callback(info)``: after every step, ``info`` holds ``x`` (do not modify it), ``step``
   (0-based index into ``sigmas``), ``sigma`` (the level just left) and ``nfe`` (network
   evaluations so far, per sample).
+* ``constrain(x, sigma, noise)`` (a :data:`Constrain`, e.g. inpainting's
+  :class:`ncsn_core.inpainting.KnownPixels`): called whenever the state reaches a noise
+  level, to hold part of it to data: on the initial samples with ``sigmas[0]``, after every
+  update that ends on a schedule point with that sigma (each Euler or Heun step; the
+  predictor and each corrector step of ``pc``), and once at the very end with ``sigma = 0``
+  (after the final denoise, if any). It changes ``x`` in place and may draw from ``noise``,
+  the sampler's own noise source, after the step's own draws, so a sample still depends only
+  on its seed. Two intermediate states are not constrained: the point EDM's churn raises to
+  ``sigma_hat`` (the churn noise already brings constrained pixels to ``sigma_hat``'s level)
+  and the Euler point inside a Heun step (it only supplies the second slope). Without
+  ``constrain`` nothing extra is drawn: the samples are the ones the sampler always made.
 
 Network evaluations per sample (NFE) for a schedule of N sigmas, ``fd`` = 1 with
 ``final_denoise`` else 0 (:func:`nfe_per_sample` computes them):
@@ -46,10 +58,12 @@ from .noise import validate_sigmas
 from .noise_sources import NoiseSource, noise_source_for
 from .sigma_score import SigmaScoreFn, supports_any_sigma
 
-__all__ = ["FAST_SAMPLERS", "PREDICTORS", "euler", "heun", "edm_stochastic", "predictor_corrector", "nfe_per_sample",
-           "churn_gamma"]
+__all__ = ["FAST_SAMPLERS", "PREDICTORS", "Constrain", "euler", "heun", "edm_stochastic", "predictor_corrector",
+           "nfe_per_sample", "churn_gamma"]
 
 Callback = Callable[[dict[str, Any]], None]
+# constrain(x (B, ...), sigma the state is at (0 at the end), the sampler's noise source): changes x in place
+Constrain = Callable[[torch.Tensor, float, NoiseSource], None]
 
 
 def _sigma_vector(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -72,15 +86,18 @@ def _levels(sigmas: torch.Tensor) -> list[float]:
 
 def _ode(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, second_order: bool,
          final_denoise: bool, churn: float, churn_min: float, churn_max: float, churn_noise: float,
-         generator: torch.Generator | None, noise: NoiseSource | None, callback: Callback | None) -> torch.Tensor:
+         generator: torch.Generator | None, noise: NoiseSource | None, callback: Callback | None,
+         constrain: Constrain | None) -> torch.Tensor:
     """EDM's Algorithm 2 (Algorithm 1 when ``churn`` is 0), Euler or Heun steps."""
     levels = _levels(sigmas)
     gammas = [churn_gamma(s, len(levels), churn, churn_min, churn_max) for s in levels]
     if any(g > 0 for g in gammas[:-1]) and not supports_any_sigma(score_fn):
         raise ValueError("churn raises sigma between the trained levels, which a ladder-conditioned (NCSN) network "
                          "cannot evaluate: use churn 0, or the pc sampler for a stochastic one")
-    source = noise_source_for(x, generator, noise) if churn > 0 else None
+    source = noise_source_for(x, generator, noise) if churn > 0 or constrain is not None else None
     x = x.clone()
+    if constrain is not None:
+        constrain(x, levels[0], source)
     nfe = 0
     for i, (sigma, nxt) in enumerate(zip(levels[:-1], levels[1:])):
         if gammas[i] > 0:
@@ -89,9 +106,12 @@ def _ode(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, secon
         else:
             sigma_hat = sigma
         nfe += _ode_step_(score_fn, x, sigma_hat, nxt, second_order=second_order)
+        if constrain is not None:
+            constrain(x, nxt, source)
         if callback is not None:
             callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
-    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback)
+    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback, constrain=constrain,
+                   source=source)
 
 
 def _ode_step_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float, nxt: float, *, second_order: bool) -> int:
@@ -107,12 +127,15 @@ def _ode_step_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float, nxt: float
 
 
 def _finish(score_fn: SigmaScoreFn, x: torch.Tensor, levels: list[float], *, final_denoise: bool, nfe: int,
-            callback: Callback | None) -> torch.Tensor:
-    """The step from the last sigma to 0 (the Tweedie denoise) when asked for; returns ``x``."""
+            callback: Callback | None, constrain: Constrain | None, source: NoiseSource | None) -> torch.Tensor:
+    """The step from the last sigma to 0 (the Tweedie denoise) when asked for, then the
+    constraint at sigma = 0; returns ``x``."""
     if final_denoise:
         _tweedie_(score_fn, x, levels[-1])
-        if callback is not None:
-            callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe + 1})
+    if constrain is not None:
+        constrain(x, 0.0, source)
+    if final_denoise and callback is not None:
+        callback({"x": x, "step": len(levels) - 1, "sigma": levels[-1], "nfe": nfe + 1})
     return x
 
 
@@ -127,30 +150,33 @@ def churn_gamma(sigma: float, steps: int, churn: float, churn_min: float = 0.0,
 @torch.inference_mode()
 def euler(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
           generator: torch.Generator | None = None, noise: NoiseSource | None = None,
-          callback: Callback | None = None) -> torch.Tensor:
+          callback: Callback | None = None, constrain: Constrain | None = None) -> torch.Tensor:
     """Euler steps of the probability-flow ODE along ``sigmas`` (deterministic):
     ``x <- x + (sigma_{i+1} - sigma_i) * (-sigma_i s(x, sigma_i))``. NFE ``N - 1 + fd``."""
     return _ode(score_fn, x, sigmas, second_order=False, final_denoise=final_denoise, churn=0.0, churn_min=0.0,
-                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback)
+                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback,
+                constrain=constrain)
 
 
 @torch.inference_mode()
 def heun(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
          generator: torch.Generator | None = None, noise: NoiseSource | None = None,
-         callback: Callback | None = None) -> torch.Tensor:
+         callback: Callback | None = None, constrain: Constrain | None = None) -> torch.Tensor:
     """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): an Euler step from
     ``sigma_i`` to ``sigma_{i+1}``, then the trapezoidal (Heun) correction with the slope at the
     Euler point. Second order; NFE ``2 (N - 1) + fd`` (the final step to 0 is the Tweedie
     denoise, which is exact for an Euler step there)."""
     return _ode(score_fn, x, sigmas, second_order=True, final_denoise=final_denoise, churn=0.0, churn_min=0.0,
-                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback)
+                churn_max=math.inf, churn_noise=1.0, generator=generator, noise=noise, callback=callback,
+                constrain=constrain)
 
 
 @torch.inference_mode()
 def edm_stochastic(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, final_denoise: bool = True,
                    churn: float = 10.0, churn_min: float = 0.0, churn_max: float = float("inf"),
                    churn_noise: float = 1.0, generator: torch.Generator | None = None,
-                   noise: NoiseSource | None = None, callback: Callback | None = None) -> torch.Tensor:
+                   noise: NoiseSource | None = None, callback: Callback | None = None,
+                   constrain: Constrain | None = None) -> torch.Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2). At each step, where
     ``churn_min <= sigma_i <= churn_max`` (EDM's S_tmin, S_tmax), noise is added back to raise
     sigma to ``sigma_hat = sigma_i (1 + gamma)``, ``gamma = min(churn / N, sqrt(2) - 1)``
@@ -159,7 +185,7 @@ def edm_stochastic(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor
     sigma (NCSNv2, analytic): a ladder-conditioned NCSN network is refused."""
     return _ode(score_fn, x, sigmas, second_order=True, final_denoise=final_denoise, churn=churn,
                 churn_min=churn_min, churn_max=churn_max, churn_noise=churn_noise, generator=generator,
-                noise=noise, callback=callback)
+                noise=noise, callback=callback, constrain=constrain)
 
 
 PREDICTORS = ("reverse_diffusion", "euler", "heun")
@@ -179,7 +205,8 @@ def _predict_(score_fn: SigmaScoreFn, x: torch.Tensor, sigma: float, nxt: float,
 def predictor_corrector(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *,
                         final_denoise: bool = True, corrector_steps: int = 1, snr: float = 0.16,
                         predictor: str = "reverse_diffusion", generator: torch.Generator | None = None,
-                        noise: NoiseSource | None = None, callback: Callback | None = None) -> torch.Tensor:
+                        noise: NoiseSource | None = None, callback: Callback | None = None,
+                   constrain: Constrain | None = None) -> torch.Tensor:
     """score_sde's predictor-corrector sampler for VE models (Song et al. 2021, Algorithm 2).
 
     For each step of the schedule, sigma_i to sigma_{i+1}: one predictor step, then
@@ -215,17 +242,24 @@ def predictor_corrector(score_fn: SigmaScoreFn, x: torch.Tensor, sigmas: torch.T
     levels = _levels(sigmas)
     source = noise_source_for(x, generator, noise)
     x = x.clone()
+    if constrain is not None:
+        constrain(x, levels[0], source)
     nfe = 0
     for i, (sigma, nxt) in enumerate(zip(levels[:-1], levels[1:])):
         draws = source.normal(corrector_steps + 1)
         nfe += _predict_(score_fn, x, sigma, nxt, predictor, draws[-1])
+        if constrain is not None:
+            constrain(x, nxt, source)
         step = 2 * (snr * nxt) ** 2
         for k in range(corrector_steps):
             x.add_(score_fn(x, _sigma_vector(x, nxt)), alpha=step).add_(draws[k], alpha=math.sqrt(2 * step))
             nfe += 1
+            if constrain is not None:
+                constrain(x, nxt, source)
         if callback is not None:
             callback({"x": x, "step": i, "sigma": sigma, "nfe": nfe})
-    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback)
+    return _finish(score_fn, x, levels, final_denoise=final_denoise, nfe=nfe, callback=callback, constrain=constrain,
+                   source=source)
 
 
 FAST_SAMPLERS = {"euler": euler, "heun": heun, "edm": edm_stochastic, "pc": predictor_corrector}

@@ -1,7 +1,15 @@
-"""Inpainting with annealed Langevin dynamics (paper Appendix B.3; NCSNv2's variant) and masks.
+"""Inpainting: with annealed Langevin dynamics (paper Appendix B.3; NCSNv2's variant), with
+any fast sampler (:class:`KnownPixels`), and masks.
 
 Mask convention: a boolean tensor broadcastable to the images ``(B, C, H, W)`` where
 ``True`` marks a *known* (observed) pixel and ``False`` a pixel to fill in.
+
+Both ways hold the known pixels by replacement: whenever the state is at noise level sigma,
+its known pixels are set to ``known + sigma z`` (a sample of the known image's noisy version
+at that level), and the unknown ones follow the sampler; at the end the known pixels are
+``known`` exactly. Annealed Langevin draws one z per level (or per step); a fast sampler
+calls :class:`KnownPixels` after every update (score_sde's ``controllable_generation.py``
+does the same for its predictor-corrector sampler), so z is fresh each time.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import torch
 from .noise_sources import NoiseSource, noise_source_for
 from .sampling import Callback, ScoreFn, annealed_step_sizes, clamp_
 
-__all__ = ["annealed_langevin_inpaint", "make_mask", "MASK_KINDS"]
+__all__ = ["annealed_langevin_inpaint", "KnownPixels", "make_mask", "MASK_KINDS"]
 
 MASK_KINDS = ("half", "center", "random")
 
@@ -82,6 +90,35 @@ def annealed_langevin_inpaint(
             if callback is not None:
                 callback({"x": x, "level": level, "step": step, "sigma": sigma})
     return torch.where(mask, known, x)
+
+
+class KnownPixels:
+    """Inpainting for the fast samplers: their ``constrain`` argument
+    (:data:`ncsn_core.fast_sampling.Constrain`), e.g. ``heun(score_fn, x, sigmas,
+    constrain=KnownPixels(known, mask))``.
+
+    Called with the state ``x`` ``(B, C, H, W)`` at noise level ``sigma`` and the sampler's
+    noise source: for ``sigma > 0`` it draws one ``z`` ``(B, C, H, W)`` from the source (the
+    whole image's shape, so every sample's draws stay in its own stream) and sets
+    ``x[mask] = known[mask] + sigma z[mask]``; for ``sigma = 0`` (the end) it sets
+    ``x[mask] = known[mask]`` and draws nothing. Network evaluations: none.
+
+    Args:
+        known: the reference images ``(B, C, H, W)``, pixels in ``[0, 1]``.
+        mask: bool, broadcastable to ``known``; True = known pixel.
+    """
+
+    def __init__(self, known: torch.Tensor, mask: torch.Tensor):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+        self.known = known
+        self.mask = mask.to(known.device).expand_as(known)
+
+    def __call__(self, x: torch.Tensor, sigma: float, noise: NoiseSource | None) -> None:
+        if x.shape != self.known.shape:
+            raise ValueError(f"known images {tuple(self.known.shape)} and samples {tuple(x.shape)} differ in shape")
+        target = self.known if sigma == 0 else self.known + sigma * noise.normal(1)[0]
+        x.copy_(torch.where(self.mask, target, x))
 
 
 def make_mask(

@@ -15,6 +15,7 @@ from ncsn_core.fast_sampling import (
     nfe_per_sample,
     predictor_corrector,
 )
+from ncsn_core.inpainting import KnownPixels, make_mask
 from ncsn_core.model import NCSNv2
 from ncsn_core.schedules import edm_schedule, ladder_schedule, make_schedule
 from ncsn_core.sigma_score import LadderScore, OffLadderSigmaError, continuous_score, supports_any_sigma
@@ -189,3 +190,114 @@ def test_pc_with_an_ode_predictor_and_no_corrector_is_that_ode_sampler():
         pc = predictor_corrector(gaussian_score, x0, schedule, corrector_steps=0, predictor=predictor,
                                  generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(pc, sampler(gaussian_score, x0, schedule), rtol=1e-6, atol=1e-6)
+
+
+INPAINT_CASES = [("euler", {}), ("heun", {}), ("edm", {"churn": 5.0}), ("pc", {"corrector_steps": 2}),
+                 ("pc", {"corrector_steps": 1, "predictor": "heun"})]
+
+
+@pytest.mark.parametrize("method, settings", INPAINT_CASES)
+@pytest.mark.parametrize("final_denoise", [True, False])
+def test_inpainting_holds_the_known_pixels_at_generations_cost(method, settings, final_denoise):
+    """With ``constrain=KnownPixels(...)`` every fast sampler ends on the known pixels exactly,
+    makes as many network evaluations as generating, and sees known + sigma z at every sigma."""
+    schedule = edm_schedule(6, SIGMA_MIN, SIGMA_MAX)
+    g = torch.Generator().manual_seed(2)
+    known = torch.rand(3, 1, 4, 4, generator=g)
+    mask = make_mask("half", known.shape)
+    seen = []
+
+    def counting(x, sigma):
+        seen.append((float(sigma[0]), x[mask].clone()))
+        return gaussian_score(x, sigma)
+
+    noise = PerSampleNoise([5, 6, 7], (1, 4, 4))
+    x0 = initial_samples(known.shape, kind="gaussian", sigma_max=SIGMA_MAX, noise=noise)
+    out = FAST_SAMPLERS[method](counting, x0, schedule, final_denoise=final_denoise, noise=noise,
+                                constrain=KnownPixels(known, mask), **settings)
+    assert torch.equal(out[mask], known[mask])
+    assert not torch.equal(out[~mask], x0[~mask])
+    assert len(seen) == nfe_per_sample(method, 6, final_denoise=final_denoise,
+                                       corrector_steps=settings.get("corrector_steps", 0),
+                                       predictor=settings.get("predictor", "reverse_diffusion"))
+    # Evaluated on schedule points (not Heun's inner Euler point, not EDM's raised sigma), the
+    # known pixels hold known + sigma z: their spread around `known` follows sigma.
+    for sigma, pixels in seen:
+        if any(abs(sigma - float(s)) < 1e-6 * sigma for s in schedule) and sigma > 1:
+            spread = ((pixels - known[mask]) / sigma).std().item()
+            assert 0.5 < spread < 1.6, (sigma, spread)
+
+
+@pytest.mark.parametrize("method, settings", INPAINT_CASES)
+def test_inpainting_depends_on_the_seed_only_and_generation_draws_as_before(method, settings):
+    """An inpainting is the same alone or inside another batch (its draws come from its own
+    seed's stream), and sampling without ``constrain`` draws exactly what it drew before the
+    hook existed: the constrained run's extra draws come after every draw of the step."""
+    schedule = edm_schedule(6, SIGMA_MIN, SIGMA_MAX)
+    known = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    mask = make_mask("center", known.shape)
+
+    def run(seeds, rows, constrain=True):
+        noise = PerSampleNoise(seeds, (1, 4, 4))
+        x0 = initial_samples((len(seeds), 1, 4, 4), kind="gaussian", sigma_max=SIGMA_MAX, noise=noise)
+        hook = KnownPixels(known[rows], mask[rows]) if constrain else None
+        return FAST_SAMPLERS[method](gaussian_score, x0, schedule, noise=noise, constrain=hook, **settings)
+
+    both = run([4, 9], [0, 2])
+    torch.testing.assert_close(run([9], [2])[0], both[1], rtol=1e-6, atol=1e-6)
+    assert torch.equal(run([9, 4], [2, 0]), both.flip(0))
+    # Generation: a hook-free run equals one whose only draws are the step's own (a recorded source).
+    plain = run([4, 9], [0, 2], constrain=False)
+    drawn = []
+
+    class Recording(PerSampleNoise):
+        def normal(self, steps):
+            drawn.append(steps)
+            return super().normal(steps)
+
+    noise = Recording([4, 9], (1, 4, 4))
+    x0 = initial_samples((2, 1, 4, 4), kind="gaussian", sigma_max=SIGMA_MAX, noise=noise)
+    again = FAST_SAMPLERS[method](gaussian_score, x0, schedule, noise=noise, **settings)
+    assert torch.equal(plain, again)
+    expected_blocks = {"euler": 0, "heun": 0, "edm": 5, "pc": 5}[method]  # churn / predictor-corrector blocks
+    assert len(drawn) == 1 + expected_blocks, "the initial draw and the step's own blocks, nothing for a hook"
+
+
+def test_known_pixels_check_the_mask():
+    with pytest.raises(TypeError, match="bool"):
+        KnownPixels(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    hook = KnownPixels(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="differ in shape"):
+        hook(torch.zeros(2, 1, 2, 2), 0.0, None)
+
+
+def test_inpainting_by_replacement_needs_correctors_to_reach_the_conditional():
+    """Two pixels, correlation 0.8: knowing the first, the second is N(mu + 0.8 (a - mu), 0.36 STD^2).
+    With exact scores, replacement plus Langevin correctors lands there; the deterministic
+    Heun sampler with the same replacement stops about half-way (the unknown pixel stops moving
+    while the known one is still noisy), which is why the stochastic samplers inpaint better."""
+    rho = 0.8
+    cov = STD**2 * torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
+
+    def score(x, sigma):
+        inverse = torch.linalg.inv(cov + sigma[0] ** 2 * torch.eye(2, dtype=torch.float64))
+        return -(x - MEAN) @ inverse
+
+    n, a = 4000, MEAN + 0.4
+    known = torch.full((n, 2), a, dtype=torch.float64)
+    mask = torch.tensor([True, False]).expand(n, 2)
+    schedule = edm_schedule(30, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64)
+    target = MEAN + rho * (a - MEAN)
+
+    def inpaint(sampler, **settings):
+        g = torch.Generator().manual_seed(5)
+        x0 = MEAN + SIGMA_MAX * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        out = sampler(score, x0, schedule, generator=g, constrain=KnownPixels(known, mask), **settings)
+        assert torch.equal(out[:, 0], known[:, 0])
+        return out[:, 1]
+
+    filled = inpaint(predictor_corrector, corrector_steps=10, snr=0.5)
+    assert filled.mean().item() == pytest.approx(target, abs=0.03)
+    assert filled.var().item() == pytest.approx((1 - rho**2) * STD**2, rel=0.15)
+    ode = inpaint(heun).mean().item()
+    assert MEAN < ode < target - 0.1, ode
