@@ -263,12 +263,17 @@ def test_inpainting_keeps_known_pixels(ray_local, tiny_run, module_bucket, tmp_p
     out_uri = f"s3://{name}/inpaint/tiny"
     summary = inpaint.run(
         InpaintOptions(data=data_uri, checkpoint=str(tiny_run), out=out_uri, mask=str(mask_path), samples_per_image=2,
-                       limit=5, shard_size=3, batch_size=4, actors=ActorPlan(num_actors=1), endpoint_url=endpoint),
+                       limit=5, shard_size=3, batch_size=4, actors=ActorPlan(num_actors=1), endpoint_url=endpoint,
+                       overrides=["sampling.final_denoise=true"]),
         log=quiet,
     )
     assert summary["status"] == "complete" and summary["images"] == 5
     out = Storage.from_uri(out_uri, endpoint_url=endpoint)
     manifest = read_sample_manifest(out, kind="inpaint")
+    # annealed Langevin (the tiny run's sampler) inpaints in L x T = 3 x 2 evaluations: the final
+    # denoise is generation's, inpainting does not take it
+    assert "method" not in manifest["sampler"] and manifest["nfe_per_sample"] == 6  # AL's settings omit the key
+    assert manifest["inpaint_quality"]["inpaint_known_change"] == 0 and out.exists("_scores.json")
     assert manifest["count"] == 5 and [s["path"] for s in manifest["shards"]] == [
         "inpaint-000000-000002.parquet", "inpaint-000003-000004.parquet"
     ]
@@ -550,9 +555,83 @@ def test_samplers_a_network_cannot_run_are_refused_naming_why(tiny_run, tmp_path
         (["--set", "sampling.method=heun", "--set", "sampling.steps=1"], "sampling.steps must be at least 2"),
         (["--set", "sampling.method=pc", "--set", "sampling.snr=-1"], "sampling.snr must be a positive number"),
         (["--set", "sampling.method=heun", "--steps-per-level", "3"], "sampling.steps"),
-        (["--mode", "inpaint", "--data", str(tmp_path), "--set", "sampling.method=heun"], "does not inpaint"),
+        (["--mode", "inpaint", "--data", str(tmp_path), "--set", "sampling.method=rk4"], "sampling.method must be one of"),
+        (["--mode", "inpaint", "--data", str(tmp_path), "--set", "sampling.method=edm", "--set", "sampling.churn=10"],
+         "cannot evaluate"),
+        (["--mode", "inpaint", "--data", str(tmp_path), "--set", "sampling.method=heun", "--renoise", "step"],
+         "annealed Langevin's"),
     ]
     for extra, message in cases:
         assert cli.main([*base, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not out.exists()
+
+
+def inpainted_rows(folder: Path) -> dict[int, tuple[list[int], list[bytes]]]:
+    """``{source id: (seeds, inpainting PNGs)}`` of a complete inpainting set."""
+    storage = Storage.from_uri(str(folder))
+    manifest = read_sample_manifest(storage, kind="inpaint")
+    rows = [row for shard in manifest["shards"] for row in storage.read_table(shard["path"], schema=INPAINT_SCHEMA).to_pylist()]
+    return {row["id"]: (row["seeds"], row["inpaintings"]) for row in rows}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_a_fast_sampler_inpaints_with_bytes_independent_of_actors_shards_and_batches(ray_local, tiny_run, tmp_path):
+    """The predictor-corrector sampler inpaints through the actor pool: the same (id, k) gives the
+    same bytes on 1 or 2 actors, in shards of 2 or 3 images, in batches of 4 or 3; the known
+    pixels are the original's; the manifest records generation's NFE; the job scores the set."""
+    data = tmp_path / "data"
+    originals = digits_uint8(6)
+    write_dataset(Storage.from_uri(str(data)), originals, shard_size=4)
+    fast = ["sampling.method=pc", "sampling.final_denoise=true"]
+    results = []
+    for shard_size, batch_size, actors in ((2, 4, 1), (3, 3, 2)):
+        out = tmp_path / f"pc-{shard_size}"
+        lines: list[str] = []
+        inpaint.run(InpaintOptions(data=str(data), checkpoint=str(tiny_run), out=str(out), mask="random",
+                                   samples_per_image=2, shard_size=shard_size, batch_size=batch_size, overrides=fast,
+                                   actors=ActorPlan(num_actors=actors)), log=lines.append)
+        results.append(inpainted_rows(out))
+    assert sorted(results[0]) == list(range(6)) and results[0] == results[1]
+    assert any("inpainting quality (6 images x 2, random mask, 5 NFE each)" in line for line in lines), lines
+
+    out = Storage.from_uri(str(tmp_path / "pc-2"))
+    manifest = read_sample_manifest(out, kind="inpaint")
+    assert manifest["sampler"]["method"] == "pc" and manifest["nfe_per_sample"] == (3 - 1) * (1 + 1) + 1
+    scores = out.read_json("_scores.json")
+    assert scores["metrics"]["inpaint_known_change"] == 0 and scores["nfe_per_sample"] == 5
+    assert 0 <= scores["metrics"]["inpaint_label_agreement"] <= 1 and scores["metrics"]["inpaint_diversity"] > 0
+    assert manifest["inpaint_quality"] == scores["metrics"]
+
+    # The same seeds through the Sampler in this process: the same bytes; known pixels held.
+    checkpoint, _ = load_checkpoint_uri(str(tiny_run))
+    sampler = Sampler.from_checkpoint(checkpoint, SamplerSettings.from_config(override_sampling(checkpoint.config, fast)))
+    for source_id in (0, 5):
+        seeds, pngs = results[0][source_id]
+        mask = image_mask("random", (1, 8, 8), seed=0, source_id=source_id, file_mask=None)
+        known = torch.from_numpy(originals[source_id]).permute(2, 0, 1).float()[None] / 255
+        images = sampler.inpaint(seeds, known.expand(2, -1, -1, -1), mask[None].expand(2, -1, -1, -1))
+        for image, png in zip(images, pngs):
+            assert np.array_equal(image, decode_png(png, 1))
+            assert np.array_equal(image[..., 0][mask[0].numpy()], originals[source_id, ..., 0][mask[0].numpy()])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_one_shard_inpainting_job_runs_in_its_own_process_with_the_pools_bytes(ray_local, tiny_run, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(Storage.from_uri(str(data)), digits_uint8(3), shard_size=3)
+    common = ["--mode", "inpaint", "--checkpoint", str(tiny_run), "--data", str(data), "--samples-per-image", "2",
+              "--batch-size", "6", "--set", "sampling.method=heun"]
+    here, pool = tmp_path / "here", tmp_path / "pool"
+    result = run_cli([*common, "--out", str(here)])
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    assert "1 shard(s) of 3 images" in text and "1 shard: computed in this process" in text
+    assert "[ray]" not in text and "Ray instance" not in text, text[-3000:]
+    assert "label agreement" in text and "known-pixel change 0" in text
+    inpaint.run(InpaintOptions(data=str(data), checkpoint=str(tiny_run), out=str(pool), samples_per_image=2,
+                               batch_size=6, shard_size=1, overrides=["sampling.method=heun"],
+                               actors=ActorPlan(num_actors=1)), log=quiet)
+    assert inpainted_rows(here) == inpainted_rows(pool)

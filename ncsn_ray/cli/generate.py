@@ -12,6 +12,10 @@ Inpainting (paper Fig. 6: occluded | K inpaintings | original)::
     python jobs/generate.py --mode inpaint --data URI [--checkpoint URI] [--out URI]
         [--mask half|center|random|FILE] [--samples-per-image K] [--limit M] [...]
 
+Inpainting uses the same sampler as generation (any ``sampling.method``) and, on 8x8 grey
+digits, prints and records (``_scores.json``) its label agreement, diversity and known-pixel
+change.
+
 Without ``--checkpoint`` the newest checkpoint of the default training run ``runs/digits``
 is used; without ``--out`` samples go to ``runs/samples/<run>`` (``runs/inpaint/<run>``).
 ``--n 50000`` makes an FID sample set. The sampler is the checkpoint config's ``sampling``
@@ -45,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, help="images per sampler call (default: the checkpoint's sampling.batch_size)")
     parser.add_argument("--shard-size", type=int, help="seeds (generate) or images (inpaint) per shard (default: about "
-                        "n/8, a whole number of batches, at most 1000 seeds or 100 images)")
+                        "n/8, a whole number of batches, at most 1000 seeds or 100 images; inpaint: at least a batch "
+                        "of completions)")
     parser.add_argument("--steps-per-level", type=int, help="override the checkpoint's T (quick looks)")
     parser.add_argument("--trajectory", type=int, default=0, metavar="K",
                         help="generate: also draw _annealing.png, the first 8 samples forming over K frames from "
@@ -71,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--samples-per-image", type=int, default=4, help="inpaintings per image, K (default: %(default)s)")
     inpaint.add_argument("--limit", type=int, help="inpaint only the first M images")
     inpaint.add_argument("--renoise", choices=("level", "step"), default="level",
-                         help="fresh noise on the known pixels once per level (NCSN, default) or before every step "
-                         "(NCSNv2)")
+                         help="annealed Langevin: fresh noise on the known pixels once per level (NCSN, default) or "
+                         "before every step (NCSNv2); the fast samplers draw it after every update")
     storage_and_summary_flags(parser, "a JSON summary")
     return parser
 

@@ -3,29 +3,39 @@
 ``run(InpaintOptions(...))`` is what ``jobs/generate.py --mode inpaint`` calls. Units are
 rows of the dataset (positions in its shard order); each (image id, k) has its own seed, so
 the result does not depend on K, the shard size or the actor count for a given pair.
+
+The sampler is the checkpoint config's own (``sampling.method``), as generation's: a fast
+one holds the known pixels at every noise level it reaches
+(:class:`ncsn_core.inpainting.KnownPixels`) at generation's cost in network evaluations;
+``--set sampling.method=annealed_langevin`` inpaints as the paper does (``L T`` evaluations).
+On 8x8 grey images the job scores the set (:mod:`ncsn_ray.evaluate.inpaint_quality`: label
+agreement, diversity, known-pixel change), prints the scores and writes ``_scores.json``
+after the shards and before the manifest, which stays last.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from ..data.format import read_manifest, verify_shards
 from ..errors import UserError
+from ..evaluate import inpaint_quality
 from ..io.figures import decode_png, image_grid
 from .generate import figure_scale
-from ..io.layout import FIGURE, default_samples_uri
+from ..io.layout import FIGURE, SCORES, default_samples_uri
 from .actors import InpaintShards
-from .job import SampleJob, SamplingOptions, actor_kwargs, execute, job_info, manifest_extra, resolve_sampling
+from .job import (LOG_PREFIX, SampleJob, SamplingOptions, SamplingSetup, actor_kwargs, execute, job_info,
+                  manifest_extra, resolve_sampling)
 from .sampler import MASK_KINDS, load_mask_file
-from .sample_set import INPAINT_SCHEMA, WorkUnit, first_rows, plan_units
-from ..io.storage import Storage
+from .sample_set import INPAINT_SCHEMA, WorkUnit, first_rows, plan_units, recorded_identity
+from ..io.storage import Storage, utc_timestamp
 
-__all__ = ["InpaintOptions", "run", "FIGURE_ROWS"]
+__all__ = ["InpaintOptions", "run", "FIGURE_ROWS", "default_shard_size"]
 
 FIGURE_ROWS = 8
 MAX_SHARD_SIZE = 100
@@ -43,7 +53,16 @@ class InpaintOptions(SamplingOptions):
     mask: str = "half"
     samples_per_image: int = 4
     limit: int | None = None
-    renoise: str = "level"  # "level": NCSN (Appendix B.3); "step": NCSNv2's code
+    renoise: str = "level"  # "level": NCSN (Appendix B.3); "step": NCSNv2's code (annealed Langevin only)
+
+
+def default_shard_size(total: int, samples_per_image: int, batch_size: int) -> int:
+    """Images per shard: about ``total / 8``, at most :data:`MAX_SHARD_SIZE`, and at least
+    enough images to fill one sampler batch of (image, k) pairs (``ceil(batch_size / K)``),
+    so that a job whose completions fit in one batch is one shard (computed in the job's
+    own process when no cluster is named) and shards do not sample half-empty batches."""
+    spread = min(MAX_SHARD_SIZE, math.ceil(total / TARGET_SHARDS))
+    return max(1, spread, min(MAX_SHARD_SIZE, math.ceil(batch_size / samples_per_image)))
 
 
 def _mask_spec(mask: str, height: int, width: int, endpoint: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -64,6 +83,26 @@ def write_figure(out: Storage, units: list[WorkUnit], channels: int) -> dict[str
     return {"figure": FIGURE}
 
 
+def write_scores(out: Storage, units: list[WorkUnit], setup: SamplingSetup, *, mask: str,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """On 8x8 grey images: score the finished shards (:mod:`~ncsn_ray.evaluate.inpaint_quality`),
+    print the scores and write ``_scores.json``; returns the manifest's ``scores`` field (or
+    nothing for other images). Called after the shards, before the manifest."""
+    if not inpaint_quality.applies(setup.image_shape):
+        return {}
+    manifest = {"channels": setup.image_shape[0], "height": setup.image_shape[1], "width": setup.image_shape[2],
+                "shards": [{"path": unit.name} for unit in units]}
+    scores = inpaint_quality.score_set(out, manifest)
+    log(f"{LOG_PREFIX} inpainting quality ({scores['n_images']} images x {scores['samples_per_image']}, {mask} mask, "
+        f"{setup.nfe_per_sample(inpaint=True)} NFE each): {inpaint_quality.summary_line(scores)}")
+    metrics = inpaint_quality.metrics_of(scores)
+    out.write_json(SCORES, {"metrics": metrics, "samples": out.uri, "num_samples": scores["n_images"],
+                            "samples_per_image": scores["samples_per_image"], "mask": mask,
+                            "image_shape": list(setup.image_shape), "sampler": setup.settings.to_dict(),
+                            "nfe_per_sample": setup.nfe_per_sample(inpaint=True), "evaluated_at": utc_timestamp()})
+    return {"scores": SCORES, "inpaint_quality": metrics}
+
+
 def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Inpaint the first ``limit`` images of a prepared dataset, K times each; a summary dict."""
     if options.samples_per_image < 1:
@@ -72,14 +111,10 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         raise UserError(f"the image limit must be at least 1, got {options.limit}")
     if options.renoise not in ("level", "step"):
         raise UserError(f"renoise must be level or step, got {options.renoise!r}")
-    if not any(o.strip().startswith("sampling.method=") for o in options.overrides):
-        # Inpainting is annealed Langevin's (Appendix B.3): a config whose generation sampler is a
-        # fast one (the digits default) inpaints with its annealed-Langevin settings.
-        options = replace(options, overrides=[*options.overrides, "sampling.method=annealed_langevin"])
     setup = resolve_sampling(options)
-    if setup.settings.fast:
-        raise UserError(f"inpainting runs annealed Langevin (paper Appendix B.3); sampling.method="
-                        f"{setup.settings.method} does not inpaint: drop it or pass "
+    if setup.settings.fast and options.renoise != "level":
+        raise UserError(f"--renoise {options.renoise} is annealed Langevin's; sampling.method={setup.settings.method} "
+                        "draws fresh noise for the known pixels after every update: drop --renoise, or add "
                         "--set sampling.method=annealed_langevin")
     data = Storage.from_uri(options.data, endpoint_url=setup.endpoint_url)
     dataset = read_manifest(data)
@@ -96,7 +131,9 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
     mask_arg, mask_identity = _mask_spec(options.mask, h, w, setup.endpoint_url)
     out = Storage.from_uri(options.out or default_samples_uri(setup.checkpoint_uri, "inpaint"),
                            endpoint_url=setup.endpoint_url)
-    shard_size = options.shard_size or max(1, min(MAX_SHARD_SIZE, math.ceil(total / TARGET_SHARDS)))
+    recorded = recorded_identity(out) or {}
+    shard_size = (options.shard_size or recorded.get("shard_size")
+                  or default_shard_size(total, options.samples_per_image, setup.batch_size))
     units = plan_units("inpaint", total, shard_size)
     shards = [asdict(s) for s in dataset.shards]
     identity = {
@@ -128,9 +165,12 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         actor_kwargs=kwargs,
         start_line=(
             f"inpainting {total} images of {data.uri} ({options.mask} mask, K={options.samples_per_image}) "
-            f"with {setup.pinned.uri} (step {setup.pinned.step}) into {out.uri}"
+            f"with {setup.pinned.uri} (step {setup.pinned.step}) into {out.uri}; "
+            f"{setup.settings.describe(setup.num_levels, inpaint=True)}, batch {setup.batch_size}, "
+            f"{len(units)} shard(s) of {shard_size} images"
         ),
-        write_figures=lambda folder, all_units: write_figure(folder, all_units, c),
-        manifest_extra=manifest_extra(setup),
+        write_figures=lambda folder, all_units: {**write_figure(folder, all_units, c),
+                                                 **write_scores(folder, all_units, setup, mask=options.mask, log=log)},
+        manifest_extra=manifest_extra(setup, inpaint=True),
     )
     return execute(job, setup, options.actors, log=log)

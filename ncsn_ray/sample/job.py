@@ -78,10 +78,10 @@ class SamplingSetup:
         """L, the levels of the checkpoint's noise ladder."""
         return int(self.checkpoint.sigmas.numel())
 
-    @property
-    def nfe_per_sample(self) -> int:
-        """Network evaluations per sample (per inpainting) of the settings on this checkpoint."""
-        return self.settings.nfe_per_sample(self.num_levels)
+    def nfe_per_sample(self, *, inpaint: bool = False) -> int:
+        """Network evaluations per sample (per inpainting with ``inpaint``) of the settings on
+        this checkpoint."""
+        return self.settings.nfe_per_sample(self.num_levels, inpaint=inpaint)
 
 
 @dataclass
@@ -180,11 +180,12 @@ def actor_kwargs(setup: SamplingSetup, out: Storage, options: SamplingOptions) -
     }
 
 
-def manifest_extra(setup: SamplingSetup) -> dict[str, Any]:
-    """Top-level manifest fields for readers: which checkpoint (and weights) and sampler."""
+def manifest_extra(setup: SamplingSetup, *, inpaint: bool = False) -> dict[str, Any]:
+    """Top-level manifest fields for readers: which checkpoint (and weights) and sampler, and
+    its network evaluations per sample (per inpainting with ``inpaint``)."""
     weights = "ema" if setup.settings.use_ema and setup.checkpoint.ema_state is not None else "model"
     extra = {"checkpoint": {**setup.pinned.to_dict(), "weights": weights}, "sampler": setup.settings.to_dict(),
-             "nfe_per_sample": setup.nfe_per_sample}
+             "nfe_per_sample": setup.nfe_per_sample(inpaint=inpaint)}
     if setup.picked is not None:
         extra["picked"] = {"by": setup.picked["metric"], "score": setup.picked["score"], "step": setup.picked["step"]}
     return extra

@@ -33,9 +33,10 @@ from ncsn_core import (
     make_score_fn,
 )
 from ncsn_core.checkpoint import Checkpoint
+from ncsn_core.consistency import consistency_sampling
 from ncsn_core.config import Config
 from ncsn_core.fast_sampling import FAST_SAMPLERS, nfe_per_sample
-from ncsn_core.inpainting import MASK_KINDS
+from ncsn_core.inpainting import MASK_KINDS, KnownPixels
 from ncsn_core.model import unwrap_model
 from ncsn_core.schedules import make_schedule
 from ncsn_core.sampling import clamp_
@@ -86,8 +87,10 @@ FAST_FIELDS = ("method", "steps", "schedule", "rho", "churn", "churn_min", "chur
 class SamplerSettings:
     """Everything about the sampler that decides the pixels (all recorded in a job spec).
 
-    ``method``: ``annealed_langevin`` (the paper's Algorithm 1) or a fast sampler of
-    :mod:`ncsn_core.fast_sampling` (``euler``, ``heun``, ``edm``, ``pc``).
+    ``method``: ``annealed_langevin`` (the paper's Algorithm 1), a fast sampler of
+    :mod:`ncsn_core.fast_sampling` (``euler``, ``heun``, ``edm``, ``pc``), or, for a consistency
+    model, ``consistency`` (:func:`ncsn_core.consistency.consistency_sampling`: ``steps`` = K
+    network evaluations).
 
     Annealed Langevin: ``eps`` follows the paper's step convention (above);
     ``steps_per_level`` is T; ``init`` the initial distribution (``uniform`` on [0, 1] as the
@@ -155,23 +158,34 @@ class SamplerSettings:
         return replace(self, steps_per_level=steps_per_level, eps=self.eps * self.steps_per_level / steps_per_level)
 
     def schedule_for(self, ladder: torch.Tensor) -> torch.Tensor:
-        """The sigmas a fast sampler walks for a network trained on ``ladder`` ``(L,)``."""
+        """The sigmas a fast sampler walks for a network trained on ``ladder`` ``(L,)``. The
+        consistency sampler's K sigmas are the first K of the schedule's K + 1 points from
+        sigma_1 to sigma_L (the last, sigma_L, is where the teacher's sampler ends; re-noising
+        to it would change nothing): K = 2 on the digits' ladder gives 4.81 and 0.83."""
+        if self.method == "consistency":
+            return make_schedule(self.schedule, ladder, self.steps + 1, rho=self.rho)[:-1]
         return make_schedule(self.schedule, ladder, self.steps, rho=self.rho)
 
-    def nfe_per_sample(self, num_levels: int) -> int:
-        """Network evaluations per sample for a ladder of ``num_levels`` levels."""
+    def nfe_per_sample(self, num_levels: int, *, inpaint: bool = False) -> int:
+        """Network evaluations per sample (per inpainting with ``inpaint``) for a ladder of
+        ``num_levels`` levels. Annealed Langevin: ``L T``, plus the final denoise when generating
+        (inpainting does not take it); a fast sampler: its formula, inpainting or not."""
         if not self.fast:
-            return num_levels * self.steps_per_level + int(self.final_denoise)
+            return num_levels * self.steps_per_level + int(self.final_denoise and not inpaint)
+        if self.method == "consistency":  # one evaluation per sigma; a ladder subset has at most L - 1
+            return self.steps if self.schedule == "edm" else min(self.steps, num_levels - 1)
         sigmas = num_levels if self.steps is None else (min(self.steps, num_levels) if self.schedule == "ladder"
                                                         else self.steps)
         return nfe_per_sample(self.method, sigmas, final_denoise=self.final_denoise,
                               corrector_steps=self.corrector_steps, predictor=self.predictor)
 
-    def describe(self, num_levels: int) -> str:
-        """One line for logs: the method, its main settings and its NFE per sample."""
-        nfe = self.nfe_per_sample(num_levels)
+    def describe(self, num_levels: int, *, inpaint: bool = False) -> str:
+        """One line for logs: the method, its main settings and its NFE per sample (per inpainting)."""
+        nfe = self.nfe_per_sample(num_levels, inpaint=inpaint)
         if not self.fast:
             return f"annealed Langevin T={self.steps_per_level}, eps={self.eps:g}, {nfe} NFE/sample"
+        if self.method == "consistency":
+            return f"consistency model, {nfe} step(s) on {self.schedule} sigmas, {nfe} NFE/sample"
         extra = {"edm": f", churn={self.churn:g}",
                  "pc": f", {self.predictor} predictor, C={self.corrector_steps}, snr={self.snr:g}"}
         steps = self.steps or num_levels
@@ -210,8 +224,15 @@ class Sampler:
         self.sigmas = sigmas.to(self.device)
         self.shape = tuple(image_shape)  # (C, H, W)
         self._clamp = (0.0, 1.0) if settings.clamp else None
+        network = unwrap_model(model)
+        if (settings.method == "consistency") != (getattr(network, "any_sigma", None) == "consistency"):
+            raise UserError(f"sampling.method={settings.method}: a consistency model (made by jobs/distill.py) samples "
+                            "with sampling.method=consistency, and only it does")
+        if settings.method == "consistency":
+            self.sigma_min = network.sigma_min
+        elif settings.fast:
+            self.sigma_score_fn = sigma_score_fn(network, self.score_fn, self.sigmas)
         if settings.fast:
-            self.sigma_score_fn = sigma_score_fn(unwrap_model(model), self.score_fn, self.sigmas)
             try:
                 self.schedule = settings.schedule_for(self.sigmas)
             except ValueError as err:
@@ -228,6 +249,11 @@ class Sampler:
     def nfe_per_sample(self) -> int:
         """Network evaluations per sample of these settings on this network's ladder."""
         return self.settings.nfe_per_sample(len(self.sigmas))
+
+    @property
+    def nfe_per_inpainting(self) -> int:
+        """Network evaluations per inpainting (:meth:`inpaint`, per seed)."""
+        return self.settings.nfe_per_sample(len(self.sigmas), inpaint=True)
 
     def _start(self, seeds: list[int]) -> tuple[torch.Tensor, PerSampleNoise]:
         noise = PerSampleNoise(seeds, self.shape, device=self.device)
@@ -253,12 +279,19 @@ class Sampler:
 
         return callback
 
-    def _run(self, x0: torch.Tensor, noise: PerSampleNoise, callback) -> torch.Tensor:
-        """The configured sampler from ``x0``, one callback per step."""
+    def _run(self, x0: torch.Tensor, noise: PerSampleNoise, callback, constrain: KnownPixels | None = None
+             ) -> torch.Tensor:
+        """The configured sampler from ``x0``, one callback per step; a fast sampler holds the
+        known pixels of ``constrain`` (inpainting)."""
         s = self.settings
         if not s.fast:
             return annealed_langevin(self.score_fn, x0, self.sigmas, steps_per_level=s.steps_per_level, eps=s.eps,
                                      final_denoise=s.final_denoise, clamp=self._clamp, noise=noise, callback=callback)
+        if s.method == "consistency":  # the network's forward is the consistency function f itself
+            x = consistency_sampling(self.score_fn, x0, self.schedule, sigma_min=self.sigma_min, noise=noise,
+                                     callback=callback, constrain=constrain)
+            clamp_(x, self._clamp)
+            return x
         options: dict[str, Any] = {}
         if s.method == "edm":
             churn_max = float("inf") if s.churn_max is None else s.churn_max
@@ -266,7 +299,7 @@ class Sampler:
         elif s.method == "pc":
             options = {"corrector_steps": s.corrector_steps, "snr": s.snr, "predictor": s.predictor}
         x = FAST_SAMPLERS[s.method](self.sigma_score_fn, x0, self.schedule, final_denoise=s.final_denoise,
-                                    noise=noise, callback=callback, **options)
+                                    noise=noise, callback=callback, constrain=constrain, **options)
         clamp_(x, self._clamp)
         return x
 
@@ -332,15 +365,25 @@ class Sampler:
 
     def inpaint(self, seeds: list[int], known: torch.Tensor, mask: torch.Tensor, *, renoise: str = "level",
                 on_level: LevelCallback | None = None) -> np.ndarray:
-        """Inpaintings ``(B, H, W, C)`` uint8; ``renoise``: ``"level"`` (NCSN) or ``"step"`` (NCSNv2),
-        see :func:`ncsn_core.annealed_langevin_inpaint`."""
-        if self.settings.fast:
-            raise UserError(f"inpainting runs annealed Langevin (paper Appendix B.3); sampling.method="
-                            f"{self.settings.method} does not inpaint: pass --set sampling.method=annealed_langevin")
+        """Inpaintings ``(B, H, W, C)`` uint8, one per seed, with the configured sampler.
+
+        Annealed Langevin: the paper's Appendix B.3 (:func:`ncsn_core.annealed_langevin_inpaint`;
+        ``renoise``: ``"level"``, NCSN, or ``"step"``, NCSNv2), ``L T`` evaluations. A fast
+        sampler: the same run as :meth:`sample` from the same seed, with the known pixels
+        replaced by ``known + sigma z`` whenever the state is at sigma
+        (:class:`ncsn_core.inpainting.KnownPixels`), the same evaluations as generating. Either
+        way the known pixels of the result are ``known``'s exactly."""
         x0, noise = self._start(seeds)
         s = self.settings
-        x = annealed_langevin_inpaint(self.score_fn, x0, self.sigmas, known=known.to(self.device),
-                                      mask=mask.to(self.device), steps_per_level=s.steps_per_level, eps=s.eps,
+        known, mask = known.to(self.device), mask.to(self.device)
+        if s.fast:
+            if renoise != "level":
+                raise UserError(f"renoise={renoise} is annealed Langevin's; sampling.method={s.method} draws fresh "
+                                "noise for the known pixels after every update")
+            x = self._run(x0, noise, self._level_callback(on_level), constrain=KnownPixels(known, mask))
+            return to_uint8(check_finite(x, seeds))
+        x = annealed_langevin_inpaint(self.score_fn, x0, self.sigmas, known=known,
+                                      mask=mask, steps_per_level=s.steps_per_level, eps=s.eps,
                                       renoise=renoise,
                                       clamp=self._clamp, noise=noise, callback=self._level_callback(on_level))
         return to_uint8(check_finite(x, seeds))
