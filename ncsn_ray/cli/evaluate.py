@@ -7,6 +7,7 @@ dataset (FID also against published statistics), FD-DINOv2, or the offline digit
     python jobs/evaluate.py --samples URI --reference-stats fid_stats_cifar10_train.npz --metrics fid,isc
     python jobs/evaluate.py --samples runs/samples/digits --metrics digits
     python jobs/evaluate.py --samples runs/s0,runs/s1,runs/s2 --metrics digits   # mean ± std over 3 sets
+    python jobs/evaluate.py --samples runs/inpaint/digits --metrics inpaint      # an inpainting set
 
 Both URIs are read straight from storage (s3://, gs://, local). The sample set must be
 complete (made by jobs/generate.py; its manifest exists). fid, kid, prc and fd-dinov2 need
@@ -19,8 +20,12 @@ in the torch hub cache, or the internet). digits (8x8 grey samples, no reference
 offline): the Frechet distance in the feature space of a digits classifier trained on
 scikit-learn's digits, its confidence, precision and recall there, the class shares and
 near copies, printed beside the same numbers for real digits, a Gaussian fitted to their
-pixels and uniform noise. Scores go to <samples>/_scores.json; below 50,000 samples they are
-also reported with their n (fid@2000), not comparable with published 50k numbers.
+pixels and uniform noise. inpaint (an inpainting set of 8x8 grey digits, from generate.py
+--mode inpaint; no other metric applies to one): the digits classifier's label agreement
+between each completion and its original, the diversity of the K completions in the unknown
+pixels, and the change in the known pixels (must be 0). Scores go to <samples>/_scores.json;
+below 50,000 samples they are also reported with their n (fid@2000), not comparable with
+published 50k numbers.
 
 The images' features are extracted on a Ray Data actor pool that streams the shards from
 storage (--num-actors actors of --num-cpus CPUs, or one GPU each with --use-gpu); only the
@@ -54,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", required=True, help="sample-set URI (from jobs/generate.py), or several separated "
                         "by commas: each is scored, then every metric is reported as mean ± std over the sets")
     parser.add_argument("--reference", help="prepared dataset URI (from jobs/prepare_data.py); needed by fid, isc, kid")
-    parser.add_argument("--metrics", default=METRICS, help="comma-separated subset of fid,isc,kid,prc,fd-dinov2,digits "
-                        "(default: %(default)s)")
+    parser.add_argument("--metrics", default=METRICS, help="comma-separated subset of fid,isc,kid,prc,fd-dinov2,digits, or "
+                        "inpaint for an inpainting set (default: %(default)s)")
     parser.add_argument("--reference-stats", help="score FID against published statistics: an .npz with mu and sigma "
                         "(pytorch-fid, TTUR) or pool_3 activations (score_sde); path or URI")
     parser.add_argument("--inception-weights", help="InceptionV3 weights file (local path or URI); default: torch hub "

@@ -6,8 +6,9 @@ straight from storage and must be complete (its manifest exists). ``fid``, ``kid
 and ``fd-dinov2`` need a reference dataset of the same image size and channels (``fid`` can
 use published statistics instead: :mod:`~ncsn_ray.evaluate.reference_stats`); ``isc`` needs
 none; ``digits`` needs 8x8 grey samples and no reference (scikit-learn's digits, offline)
-and prints its calibration rows beside the score. Scores are written to
-``<samples>/_scores.json``.
+and prints its calibration rows beside the score; ``inpaint`` scores an inpainting set
+(``generate.py --mode inpaint``) of 8x8 grey digits, and only it applies to one
+(:mod:`~ncsn_ray.evaluate.inpaint_quality`). Scores are written to ``<samples>/_scores.json``.
 
 Two paths: :func:`evaluate_on_ray` (the default) extracts features on a Ray Data actor pool
 (:mod:`~ncsn_ray.evaluate.distributed`); :func:`evaluate` runs torch-fidelity's
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from . import digits as digits_quality
+from . import inpaint_quality
 from ..console import Log
 from ..data.format import DatasetManifest, read_manifest, verify_shards
 from ..errors import UserError, begin_work
@@ -42,7 +44,7 @@ __all__ = ["EvaluationError", "EvaluateOptions", "EvalInputs", "METRICS", "check
            "evaluate_on_ray", "run", "SCORES"]
 
 FEATURE_METRICS = (*INCEPTION_METRICS, "fd-dinov2")  # computed from network features of the images
-METRICS = (*FEATURE_METRICS, "digits")
+METRICS = (*FEATURE_METRICS, "digits", "inpaint")  # "inpaint": inpainting sets only, and alone
 NEEDS_REFERENCE = ("fid", "kid", "prc", "fd-dinov2")  # fid alone can use --reference-stats instead
 
 
@@ -77,6 +79,11 @@ class EvalInputs:
         return int(self.sample_manifest["count"])
 
     @property
+    def kind(self) -> str:
+        """The sample set's kind: ``generate`` or ``inpaint``."""
+        return str(self.sample_manifest["kind"])
+
+    @property
     def inception(self) -> list[str]:
         return [m for m in self.metrics if m in INCEPTION_METRICS]
 
@@ -91,13 +98,18 @@ def check_inputs(samples_uri: str, reference_uri: str | None, *, metrics: str | 
     """Refuse what cannot be evaluated: unknown metrics, an incomplete sample set (no
     manifest), metrics that compare with a reference without a complete reference dataset of
     the same image shape (or, for fid, a usable ``reference_stats`` file), the digits metric
-    on images that are not 8x8 grey. Reads only manifests (and the statistics file)."""
+    on images that are not 8x8 grey; ``inpaint`` on anything but an inpainting set of 8x8 grey
+    images, and any other metric on an inpainting set. Reads only manifests (and the statistics
+    file)."""
     wanted = _parse_metrics(metrics)
     endpoint = endpoint_url or endpoint_from_env()
     samples = Storage.from_uri(samples_uri, endpoint_url=endpoint)
-    sample_manifest = read_sample_manifest(samples, kind="generate")
+    sample_manifest = read_sample_manifest(samples, kind=None)
     shape = (int(sample_manifest["channels"]), int(sample_manifest["height"]), int(sample_manifest["width"]))
     inputs = EvalInputs(samples, sample_manifest, wanted, shape, reference_limit=reference_limit)
+    _check_kind(inputs)
+    if inputs.kind == "inpaint":
+        return inputs
     if inputs.n_samples < 2:
         raise EvaluationError(f"need at least 2 samples, {samples.uri} has {inputs.n_samples}")
     if "digits" in wanted and (shape[1], shape[2], shape[0]) != digits_quality.IMAGE_SHAPE:
@@ -127,6 +139,38 @@ def check_inputs(samples_uri: str, reference_uri: str | None, *, metrics: str | 
         if n_reference < 2:
             raise EvaluationError(f"need at least 2 reference images, {inputs.reference.uri} offers {n_reference}")
     return inputs
+
+
+def _check_kind(inputs: EvalInputs) -> None:
+    """``--metrics inpaint`` goes with inpainting sets (of 8x8 grey digits), every other metric
+    with generated sets."""
+    uri, wanted = inputs.samples.uri, inputs.metrics
+    if inputs.kind == "inpaint":
+        others = [m for m in wanted if m != "inpaint"]
+        if others:
+            raise EvaluationError(f"{uri} is an inpainting set (generate.py --mode inpaint): {', '.join(others)} "
+                                  "score generated sample sets; use --metrics inpaint")
+        if not inpaint_quality.applies(inputs.image_shape):
+            c, h, w = inputs.image_shape
+            raise EvaluationError(f"the inpaint metric uses the digits classifier and needs 8x8 grey images; {uri} "
+                                  f"holds {c}x{h}x{w} (CxHxW) images")
+    elif inputs.kind != "generate":
+        raise EvaluationError(f"{uri}: a {inputs.kind!r} sample set, which evaluate.py does not score")
+    elif "inpaint" in wanted:
+        raise EvaluationError(f"--metrics inpaint scores an inpainting set (generate.py --mode inpaint); {uri} is a "
+                              "generated sample set: score it with fid, isc, kid, prc, fd-dinov2 or digits")
+
+
+def _inpaint_scores(inputs: EvalInputs, started: float, log: Log) -> dict[str, Any]:
+    """Score an inpainting set (label agreement, diversity, known-pixel change) and publish."""
+    scores = inpaint_quality.score_set(inputs.samples, inputs.sample_manifest)
+    log(f"[evaluate] inpainting ({scores['n_images']} images x {scores['samples_per_image']}): "
+        f"{inpaint_quality.summary_line(scores)}")
+    result = _base_result(inputs)
+    result["metrics"].update(inpaint_quality.metrics_of(scores))
+    result.update(samples_per_image=scores["samples_per_image"], nfe_per_sample=inputs.sample_manifest.get(
+        "nfe_per_sample"))
+    return _publish(inputs, result, started, log)
 
 
 def _digits_scores(images: np.ndarray, log: Log) -> tuple[dict[str, float], dict[str, Any]]:
@@ -231,6 +275,9 @@ def evaluate(samples_uri: str, reference_uri: str | None = None, *, metrics: str
     endpoint = endpoint_url or endpoint_from_env()
     inputs = check_inputs(samples_uri, reference_uri, metrics=metrics, endpoint_url=endpoint,
                           reference_limit=reference_limit, reference_stats=reference_stats)
+    if inputs.kind == "inpaint":
+        begin_work()
+        return _inpaint_scores(inputs, time.perf_counter(), log)
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise FidelityError("device cuda: no CUDA device here")
@@ -315,6 +362,9 @@ def evaluate_on_ray(samples_uri: str, reference_uri: str | None = None, *, metri
                           reference_limit=reference_limit, reference_stats=reference_stats)
     if use_gpu and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
         raise EvaluationError("use_gpu: this machine has no CUDA GPU (and no RAY_ADDRESS names a cluster)")
+    if inputs.kind == "inpaint":  # 8x8 digits, computed in the driver: no cluster needed
+        begin_work()
+        return _inpaint_scores(inputs, time.perf_counter(), log)
     weights, identity = _resolve_weights_in_driver(inputs, inception_weights, endpoint, log)
     if "fd-dinov2" in inputs.metrics:
         check_dinov2(dinov2_weights, endpoint)
