@@ -86,8 +86,9 @@ def write_figure(out: Storage, units: list[WorkUnit], channels: int) -> dict[str
 def write_scores(out: Storage, units: list[WorkUnit], setup: SamplingSetup, *, mask: str,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """On 8x8 grey images: score the finished shards (:mod:`~ncsn_ray.evaluate.inpaint_quality`),
-    print the scores and write ``_scores.json``; returns the manifest's ``scores`` field (or
-    nothing for other images). Called after the shards, before the manifest."""
+    print the scores and write ``_scores.json``; returns the manifest's ``scores`` and
+    ``inpaint_quality`` fields (nothing for other images). Called after the shards, before the
+    manifest."""
     if not inpaint_quality.applies(setup.image_shape):
         return {}
     manifest = {"channels": setup.image_shape[0], "height": setup.image_shape[1], "width": setup.image_shape[2],

@@ -14,6 +14,9 @@ and for inpainting (``kind`` ``"inpaint"``)::
     _job.json
     inpaint-000000-000099.parquet, ...       rows [first, last] (positions in the source dataset)
     _figure.png                              paper Fig. 6 layout: occluded | K inpaintings | original
+    _scores.json                             8x8 grey digits: label agreement, diversity, known-pixel
+                                             change (written by the job before the manifest, and
+                                             by jobs/evaluate.py --metrics inpaint)
     _manifest.json
 
 Everything but the shards starts with ``_``, so the folder reads as one table with
