@@ -18,7 +18,7 @@ to another machine.
     python benchmarks/bench_recipe.py --recipe default: \\
         --recipe short:training.steps=600,training.ema_decay=0.99 --eval-every 200 --n 512 \\
         [--seed-sets 3] [--final-sampler sampling.churn=0] [--plot quality-vs-train-time.png] \\
-        [--json out.json] [--threads 2]
+        [--save DIR] [--json out.json] [--threads 2]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from benchmarks.machine import describe, machine_facts  # noqa: E402
 from ncsn_core import (EMA, LOSSES, apply_overrides, build_model, geometric_sigmas, load_config, loss_options,  # noqa: E402
                        make_optimizer, train_step)
 from ncsn_ray import configs  # noqa: E402
+from ncsn_core.checkpoint import checkpoint_bytes  # noqa: E402
 from ncsn_core.config import resolve_auto  # noqa: E402
 from ncsn_ray.data.format import dataset_max_distance, read_manifest  # noqa: E402
 from ncsn_ray.data.global_batches import GlobalBatches, lognormal_of  # noqa: E402
@@ -99,7 +100,7 @@ def recipe_config(name: str, overrides: list[str], max_distance: float):
 
 
 def train_recipe(name: str, config, images: torch.Tensor, eval_every: int, n: int, log,
-                 final_samplers: list[list[str]] = (), seed_sets: int = 3) -> list[dict]:
+                 final_samplers: list[list[str]] = (), seed_sets: int = 3, save: str | None = None) -> list[dict]:
     tc = config.training
     torch.manual_seed(tc.seed * 1000)
     model = build_model(config)
@@ -126,6 +127,13 @@ def train_recipe(name: str, config, images: torch.Tensor, eval_every: int, n: in
                **score_ema(config, ema.module, sigmas, n, seed_sets=seed_sets)}
         rows.append(row)
         log(json.dumps(row))
+    if save:  # a run folder that generate.py, evaluate.py and distill.py take as they are
+        path = Path(save) / name / f"checkpoint_{step:08d}"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoint.pt").write_bytes(checkpoint_bytes(model=model, config=config, sigmas=sigmas, ema=ema.module,
+                                                              optimizer=optimizer, step=step))
+        (path / "step.txt").write_text(f"{step}\n")
+        log(f"[bench_recipe] {name}: the final weights are in {path.parent}")
     for sampling in final_samplers:  # other samplers on the final weights
         row = {**rows[-1], "recipe": f"{name} [{' '.join(sampling)}]",
                **score_ema(config, ema.module, sigmas, n, sampling, seed_sets)}
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=512, help="samples per seed set")
     p.add_argument("--seed-sets", type=int, default=3, help="disjoint seed sets per evaluation (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--save", default=None, metavar="DIR", help="write each recipe's final state as a run folder "
+                   "DIR/<recipe>/checkpoint_<step>/ (for generate.py, evaluate.py, distill.py)")
     p.add_argument("--plot", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, settings = spec.partition(":")
         config = recipe_config(name, [s for s in settings.split(",") if s], max_distance)
         rows += train_recipe(name, config, images, args.eval_every, args.n, lambda line: print(line, flush=True),
-                             [f.split(",") for f in args.final_sampler], args.seed_sets)
+                             [f.split(",") for f in args.final_sampler], args.seed_sets, args.save)
     print(f"\n{'recipe':<24} {'step':>5} {'train s':>8} {'img/s':>7} {'FD/real':>13} {'precision':>13} "
           f"{'recall':>13} {'conf':>13} {'max cls':>8} {'copies':>7}  targets (mean of {args.seed_sets} seed sets)")
     for r in rows:

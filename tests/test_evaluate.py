@@ -219,3 +219,35 @@ def test_evaluation_as_a_ray_task(inception_weights, tmp_path, monkeypatch):
         assert not (samples / "_scores.json").exists()
     finally:
         ray.shutdown()
+
+
+def test_several_sample_sets_are_scored_into_one_report_with_their_spread(tmp_path):
+    """``--samples A,B,C``: each set scored as alone (its own _scores.json), then every metric
+    as mean ± sample std over the sets; a missing set is found before any set is scored."""
+    from ncsn_ray.evaluate.job import EvaluateOptions, run
+
+    images = digits_uint8(90)
+    uris = []
+    for k in range(3):
+        folder = tmp_path / f"set{k}"
+        write_sample_set(Storage.from_uri(str(folder)), images[k * 30:(k + 1) * 30])
+        uris.append(str(folder))
+    alone = [evaluate(uri, metrics="digits", log=quiet)["metrics"] for uri in uris]
+    for uri in uris:
+        (Path(uri) / "_scores.json").unlink()
+    report = run(EvaluateOptions(samples=",".join(uris), metrics="digits", use_ray=False), log=quiet)
+    assert report["num_sets"] == 3 and all((Path(uri) / "_scores.json").is_file() for uri in uris)
+    recall = report["spread"]["digits_recall"]
+    assert recall["values"] == pytest.approx([a["digits_recall"] for a in alone])
+    assert recall["mean"] == pytest.approx(np.mean(recall["values"]))
+    assert recall["std"] == pytest.approx(np.std(recall["values"], ddof=1))
+    assert "digits_fd_over_real" in report["spread"]
+
+    for uri in uris:
+        (Path(uri) / "_scores.json").unlink()
+    with pytest.raises(SampleSetError, match="no-such-set"):
+        run(EvaluateOptions(samples=",".join([*uris, str(tmp_path / "no-such-set")]), metrics="digits",
+                            use_ray=False), log=quiet)
+    assert not any((Path(uri) / "_scores.json").exists() for uri in uris), "a set was scored before all were checked"
+    with pytest.raises(EvaluationError, match="named twice"):
+        run(EvaluateOptions(samples=f"{uris[0]},{uris[0]}", metrics="digits", use_ray=False), log=quiet)
