@@ -36,6 +36,11 @@ with ``D`` the denoiser (Tweedie's formula). Every sampler here has the signatur
   ``sigma_hat`` (the churn noise already brings constrained pixels to ``sigma_hat``'s level)
   and the Euler point inside a Heun step (it only supplies the second slope). Without
   ``constrain`` nothing extra is drawn: the samples are the ones the sampler always made.
+  A new sampler takes it the same way: multistep consistency sampling, ``x = f(x +
+  sqrt(sigma^2 - smin^2) z, sigma)``, calls ``constrain(state, sigma, noise)`` on each noised
+  state (the first one ``smax z``) just before evaluating ``f`` at sigma, and
+  ``constrain(x, 0.0, noise)`` on the result. The hook evaluates no network, so inpainting
+  costs the NFE below.
 
 Network evaluations per sample (NFE) for a schedule of N sigmas, ``fd`` = 1 with
 ``final_denoise`` else 0 (:func:`nfe_per_sample` computes them):
