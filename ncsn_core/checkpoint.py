@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError, config_from_dict
-from .model import build_model, unwrap_model
+from .model import build_model
+from .wrappers import unwrap_model
 from .noise import geometric_sigmas
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_bytes"]

@@ -1,7 +1,8 @@
 """Typed, validated experiment configuration loaded from YAML.
 
-A config file has up to six top-level keys: ``name`` and the sections ``data``, ``model``,
-``noise``, ``training``, ``sampling`` (see the dataclasses below for every key, its type,
+A config file has up to seven top-level keys: ``name`` and the sections ``data``, ``model``,
+``noise``, ``training``, ``sampling`` and, for a consistency model distilled from a score model,
+``consistency`` (see the dataclasses below for every key, its type,
 default and meaning). Files are read with ``yaml.safe_load``. An unknown key, a wrong type
 or an out-of-range value raises :class:`ConfigError` naming the file and the key.
 
@@ -34,6 +35,7 @@ __all__ = [
     "NoiseConfig",
     "TrainingConfig",
     "SamplingConfig",
+    "ConsistencyConfig",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -121,7 +123,8 @@ class SamplingConfig:
     # The sampler (ncsn_core.fast_sampling). annealed_langevin (the paper's Algorithm 1) uses
     # steps_per_level, eps and init above; the fast samplers walk a schedule of `steps` sigmas
     # from the Gaussian prior N(0.5, sigma_1^2) and use the keys below.
-    method: str = "annealed_langevin"  # annealed_langevin | euler | heun | edm | pc
+    # annealed_langevin | euler | heun | edm | pc | consistency (a distilled model: K = steps evaluations)
+    method: str = "annealed_langevin"
     steps: Union[int, None] = None  # sigmas in the schedule; None: as many as the ladder's levels
     schedule: str = "ladder"  # ladder (the trained levels or an even subset) | edm (rho-schedule, NCSNv2 only)
     rho: float = 7.0  # edm schedule's rho
@@ -135,6 +138,23 @@ class SamplingConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    """A consistency model distilled from a score model (``jobs/distill.py``;
+    :mod:`ncsn_core.consistency`). ``teacher`` None: the config is a score model's."""
+
+    teacher: Union[str, None] = None  # the teacher's checkpoint file URI, pinned by distill.py
+    teacher_sha256: Union[str, None] = None  # its SHA-256, checked by every worker
+    teacher_step: int = 0
+    teacher_weights: str = "ema"  # ema | trained: which of the teacher's weights teach
+    levels: int = 18  # N: sigmas of EDM's rho-schedule over the teacher's range [sigma_L, sigma_1]
+    rho: float = 7.0  # that schedule's rho
+    sigma_min: float = 0.002  # epsilon: the boundary, f(x, epsilon) = x; below the teacher's sigma_L
+    distance: str = "pseudo_huber"  # pseudo_huber | l2
+    huber_c: Union[float, None] = None  # pseudo-Huber's c; null: 0.00027 sqrt(D) (iCT's, for pixels in [0, 1])
+    weighting: str = "ict"  # ict: 1 / (s_{n+1} - s_n) | uniform
+
+
+@dataclass
 class Config:
     name: str = "digits"
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,10 +162,21 @@ class Config:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    @property
+    def is_consistency(self) -> bool:
+        """Whether this is a consistency model distilled from a teacher (``consistency.teacher`` set)."""
+        return self.consistency.teacher is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict of Python primitives (safe for ``torch.load(weights_only=True)``)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict of Python primitives (safe for ``torch.load(weights_only=True)``).
+        A score model's omits the ``consistency`` section (its defaults), so that configs and
+        checkpoints written before it existed compare equal."""
+        out = dataclasses.asdict(self)
+        if not self.is_consistency:
+            out.pop("consistency")
+        return out
 
     def has_auto(self) -> bool:
         """Whether some value is still ``auto`` (see :func:`resolve_auto`)."""
@@ -180,6 +211,7 @@ class Config:
         _check(source, "training.precision", self.training.precision, ("fp32", "bf16"))
         _check(source, "training.eval_metric", self.training.eval_metric, ("digits", "fid"))
         self._validate_sampler(source)
+        self._validate_consistency(source)
         positive = {
             "data.image_size": self.data.image_size,
             "data.channels": self.data.channels,
@@ -225,13 +257,50 @@ class Config:
         return self
 
 
+    def _validate_consistency(self, source: str) -> None:
+        c = self.consistency
+        _check(source, "consistency.teacher_weights", c.teacher_weights, ("ema", "trained"))
+        _check(source, "consistency.distance", c.distance, ("pseudo_huber", "l2"))
+        _check(source, "consistency.weighting", c.weighting, ("ict", "uniform"))
+        if c.levels < 2:
+            raise ConfigError(f"{source}: consistency.levels must be at least 2, got {c.levels}")
+        for key, value in (("consistency.rho", c.rho), ("consistency.sigma_min", c.sigma_min)):
+            if not value > 0:
+                raise ConfigError(f"{source}: consistency.{key.split('.')[1]} must be positive, got {value!r}")
+        if c.huber_c is not None and not c.huber_c > 0:
+            raise ConfigError(f"{source}: consistency.huber_c must be positive or null, got {c.huber_c!r}")
+        if c.teacher_step < 0:
+            raise ConfigError(f"{source}: consistency.teacher_step must be >= 0, got {c.teacher_step}")
+        if not self.is_consistency:
+            return
+        if self.model.kind not in ("ncsnv2", "mlp", "unet"):
+            raise ConfigError(f"{source}: model.kind {self.model.kind}: a consistency model is distilled from a network "
+                              "that takes any sigma (ncsnv2, mlp or unet); an NCSN network is conditioned on the index "
+                              "of its trained levels and has no score between them")
+        if not isinstance(self.noise.sigma_min, str) and not c.sigma_min < self.noise.sigma_min:
+            raise ConfigError(f"{source}: consistency.sigma_min ({c.sigma_min}) must be below the teacher's smallest "
+                              f"level noise.sigma_min ({self.noise.sigma_min})")
+        if self.training.loss != "dsm" or self.training.sigma_draw != "ladder":
+            raise ConfigError(f"{source}: a consistency model trains by distillation: training.loss dsm and "
+                              "training.sigma_draw ladder (the distillation draws its own intervals)")
+
     def _validate_sampler(self, source: str) -> None:
         """The fast-sampler keys: known choices, ranges, and what the model kind can do."""
         s = self.sampling
         _check(source, "sampling.method", s.method, SAMPLING_METHODS)
         _check(source, "sampling.schedule", s.schedule, ("ladder", "edm"))
         _check(source, "sampling.predictor", s.predictor, ("reverse_diffusion", "euler", "heun"))
-        if s.steps is not None and s.steps < 2:
+        if s.method == "consistency":
+            if not self.is_consistency:
+                raise ConfigError(f"{source}: sampling.method=consistency samples a consistency model (made by "
+                                  "jobs/distill.py from a trained run); this config's network is a score model")
+            if s.steps is None or s.steps < 1:
+                raise ConfigError(f"{source}: sampling.steps is the consistency sampler's number of steps K "
+                                  f"(network evaluations per sample), at least 1; got {s.steps}")
+        elif self.is_consistency:
+            raise ConfigError(f"{source}: sampling.method={s.method}: a consistency model samples with "
+                              "sampling.method=consistency (sampling.steps: K network evaluations)")
+        elif s.steps is not None and s.steps < 2:
             raise ConfigError(f"{source}: sampling.steps must be at least 2 (or null for the whole ladder), got {s.steps}")
         for key, value in (("sampling.rho", s.rho), ("sampling.snr", s.snr), ("sampling.churn_noise", s.churn_noise)):
             if not (math.isfinite(value) and value > 0):
@@ -268,7 +337,7 @@ def check_run_name(name: str, source: str) -> str:
     return name
 
 
-SAMPLING_METHODS = ("annealed_langevin", "euler", "heun", "edm", "pc")
+SAMPLING_METHODS = ("annealed_langevin", "euler", "heun", "edm", "pc", "consistency")
 
 
 def _check(source: str, key: str, value: str, choices: Iterable[str]) -> None:

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .model import unwrap_model
+from .wrappers import unwrap_model
 
 __all__ = ["EMA"]
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .layers import ELU, CondRefineBlock, CondResidualBlock, conv3x3, make_norm
+from .wrappers import unwrap_model
 
 __all__ = ["NCSN", "NCSNv2", "PreconditionedMLP", "PreconditionedUNet", "ToyScoreMLP", "ANY_SIGMA_KINDS",
            "VALUE_CONDITIONED_KINDS", "build_model", "make_score_fn", "unwrap_model"]
@@ -342,21 +343,19 @@ class ToyScoreMLP(nn.Module):
         return self.out(h)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def build_model(config) -> nn.Module:
-    """The score network a :class:`ncsn_core.config.Config` describes (on CPU, fp32)."""
+    """The network a :class:`ncsn_core.config.Config` describes (on CPU, fp32): its score
+    network, or for a consistency model (``consistency.teacher`` set) the consistency function
+    around a network of the teacher's kind (:class:`ncsn_core.consistency.ConsistencyFunction`)."""
     if config.has_auto():
         raise ValueError("the config still has auto values: resolve them from the data first (config.resolve_auto)")
+    if getattr(config, "is_consistency", False):
+        from dataclasses import replace
+
+        from .consistency import ConsistencyFunction
+
+        teacher_kind = replace(config, consistency=type(config.consistency)())
+        return ConsistencyFunction(build_model(teacher_kind), config.consistency.sigma_min, config.model.sigma_data)
     num_levels = config.noise.num_levels
     if config.model.kind == "ncsn":
         return NCSN(config.data.channels, num_levels, config.model.ngf)

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .ema import EMA
 from .losses import LossOutput
-from .model import unwrap_model
+from .wrappers import unwrap_model
 
 __all__ = ["train_step", "make_optimizer", "split_batch", "PRECISIONS"]
 

@@ -61,9 +61,12 @@ CHOICES = {
     "training.loss_weighting": ("sigma_power", "edm"),
     "sampling.init": ("uniform", "gaussian"),
     "sampling.precision": ("fp32", "bf16"),
-    "sampling.method": ("annealed_langevin", "euler", "heun", "edm", "pc"),
+    "sampling.method": ("annealed_langevin", "euler", "heun", "edm", "pc", "consistency"),
     "sampling.schedule": ("ladder", "edm"),
     "sampling.predictor": ("reverse_diffusion", "euler", "heun"),
+    "consistency.teacher_weights": ("ema", "trained"),
+    "consistency.distance": ("pseudo_huber", "l2"),
+    "consistency.weighting": ("ict", "uniform"),
 }
 # What a user may set each number to, as the README and the paper describe the settings.
 POSITIVE = {
@@ -72,11 +75,12 @@ POSITIVE = {
     "training.steps", "training.checkpoint_every", "training.keep_checkpoints", "training.log_every",
     "training.grad_clip", "sampling.steps_per_level", "sampling.eps", "sampling.batch_size",
     "sampling.preview_samples", "sampling.rho", "sampling.snr", "sampling.churn_noise", "training.sigma_std",
+    "consistency.rho", "consistency.sigma_min", "consistency.huber_c",
 }
 NON_NEGATIVE = {"training.weight_decay", "training.anneal_power", "training.seed", "sampling.churn",
-                "sampling.churn_min", "sampling.corrector_steps", "model.groups"}
+                "sampling.churn_min", "sampling.corrector_steps", "model.groups", "consistency.teacher_step"}
 UNIT_INTERVAL = {"training.ema_decay", "training.beta1"}  # [0, 1)
-AT_LEAST_TWO = {"sampling.steps"}
+AT_LEAST_TWO = {"sampling.steps", "consistency.levels"}
 
 
 def _base_types(annotation) -> set[type]:
@@ -144,7 +148,8 @@ def broken_configs(draw) -> tuple[dict, str]:
     event(kind)
     if kind == "unknown_section":
         name = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
-                    .filter(lambda n: n not in ("name", "data", "model", "noise", "training", "sampling")))
+                    .filter(lambda n: n not in ("name", "data", "model", "noise", "training", "sampling",
+                                                "consistency")))
         raw[name] = draw(st.integers())
         return raw, name
     if kind == "bad_name":
@@ -157,7 +162,7 @@ def broken_configs(draw) -> tuple[dict, str]:
         raw[section] = draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)))
         return raw, section
     if kind == "unknown_key":
-        section = draw(st.sampled_from(["data", "model", "noise", "training", "sampling"]))
+        section = draw(st.sampled_from(["data", "model", "noise", "training", "sampling", "consistency"]))
         key = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
                    .filter(lambda k: f"{section}.{k}" not in FIELDS))
         raw.setdefault(section, {})[key] = draw(st.integers())

@@ -21,6 +21,7 @@ PROGRESS = functools.partial(print, flush=True)  # the jobs' log: each progress 
 COMMANDS = {
     "prepare_data": "ncsn-prepare",
     "train": "ncsn-train",
+    "distill": "ncsn-distill",
     "generate": "ncsn-generate",
     "evaluate": "ncsn-evaluate",
     "import_checkpoint": "ncsn-import",

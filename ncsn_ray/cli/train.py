@@ -29,6 +29,12 @@ from ncsn_ray.cli import PROGRESS, job_main, job_parser, storage_and_summary_fla
 def build_parser() -> argparse.ArgumentParser:
     p = job_parser(__doc__, "train")
     p.add_argument("--config", default=None, help="a shipped config's name (digits, mnist, cifar10, celeba, *-v2, ...) or a YAML file's path (default: digits)")
+    add_run_flags(p)
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run, which ``ncsn-train`` and ``ncsn-distill`` share."""
     p.add_argument("--data", default=None, help="prepared dataset URI (default: data.uri of the config, else runs/data/<dataset>)")
     p.add_argument("--storage", default="runs", help="where runs live: s3://bucket/prefix, gs://..., or a local path (default: runs)")
     p.add_argument("--name", default=None, help="run name (default: the config's name); re-running with the same storage and name resumes")
@@ -65,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(lr, batch size, loss, ...) than its checkpoint's; recorded in metrics.jsonl")
     p.add_argument("--verbose", action="store_true", help="also show Ray Train's own INFO lines")
     storage_and_summary_flags(p)
-    return p
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return check_run_flags(parser, parser.parse_args(argv))
+
+
+def check_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Usage errors (exit 2) in the flags of :func:`add_run_flags`."""
     for flag in ("num_workers", "steps", "checkpoint_every", "batch_per_worker", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -86,11 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def options_from(args: argparse.Namespace):
+def options_from(args: argparse.Namespace, **extra):
+    """The :class:`~ncsn_ray.train.job.TrainOptions` of the flags (``extra``: more fields)."""
     from ncsn_ray.train.job import TrainOptions
 
     return TrainOptions(
-        **({"config": args.config} if args.config else {}), data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
+        **({"config": args.config} if getattr(args, "config", None) else {}), **extra, data=args.data, storage=args.storage, name=args.name, num_workers=args.num_workers,
         batch_per_worker=args.batch_per_worker,
         eval_every=0 if args.no_eval else args.eval_every, eval_n=args.eval_n, eval_metric=args.eval_metric,
         inception_weights=args.inception_weights,

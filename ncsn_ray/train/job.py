@@ -71,10 +71,12 @@ class TrainOptions:
     placement_strategy: str = "PACK"
     verbose: bool = False  # show Ray Train's own INFO lines
     allow_config_change: bool = False  # resume with other learning settings (lr, batch size, loss, ...)
+    teacher: str | None = None  # distil a consistency model from this run or checkpoint (config: the recipe)
 
 
-def _load_config(options: TrainOptions) -> Config:
-    config = load_config(configs.resolve(options.config))
+def _load_config(options: TrainOptions, log: Log) -> Config:
+    """The run's config: the ``--config`` file (or, distilling, the student's config from the
+    teacher and the recipe ``--config``), with the options' overrides."""
     overrides = list(options.overrides)
     if options.steps is not None:
         overrides.append(f"training.steps={options.steps}")
@@ -83,6 +85,11 @@ def _load_config(options: TrainOptions) -> Config:
     for key in ("eval_every", "eval_n", "eval_metric"):
         if getattr(options, key) is not None:
             overrides.append(f"training.{key}={getattr(options, key)}")
+    if options.teacher is not None:
+        from .distill import student_config
+
+        return student_config(options.teacher, options.config, overrides, endpoint_url=options.endpoint_url, log=log)
+    config = load_config(configs.resolve(options.config))
     if overrides:
         config = apply_overrides(config, overrides, source=f"{options.config} with overrides")
     if config.model.kind not in IMAGE_MODELS:
@@ -178,6 +185,14 @@ def _check_run_compatible(run: Storage, config: Config, allow_config_change: boo
                 f"{run.uri} holds a run trained with different {section} settings "
                 f"({asdict(getattr(ckpt.config, section))}); use another run name or storage location"
             )
+    # A consistency model is defined by its teacher's bytes and the distillation, not where the file lies.
+    theirs, ours = ({k: v for k, v in asdict(c.consistency).items() if k != "teacher"} for c in (ckpt.config, config))
+    if theirs != ours:
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise UserError(f"{run.uri} holds a run with other consistency settings ({', '.join(changed)} differ"
+                        + ("; the teacher's checkpoint is another file than the one it was distilled from"
+                           if "teacher_sha256" in changed else "")
+                        + "); use another run name, or the teacher checkpoint it was distilled from")
     if (ckpt.config.data.channels, ckpt.config.data.image_size) != (config.data.channels, config.data.image_size):
         raise UserError(f"{run.uri} holds a run on images of another shape; use another run name or storage location")
     changes = _setting_changes(ckpt.config, config)
@@ -255,7 +270,7 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
         tracking_env = check_mlflow_settings()
     if options.data_cache not in ("auto", "on", "off"):
         raise UserError(f"data cache must be auto, on or off, got {options.data_cache!r}")
-    config = _load_config(options)
+    config = _load_config(options, log)
     name = check_run_name(options.name, "--name") if options.name is not None else config.name
     data, manifest = _resolve_data(options, config, log)
     if config.has_auto():

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from ncsn_core import LOSSES, config_from_dict, loss_options, per_level_means, train_step
+from ncsn_core import config_from_dict, per_level_means, train_step
 from ncsn_core.checkpoint import CheckpointError
 from ncsn_core.config import Config
 
@@ -42,6 +42,7 @@ from ..io.layout import CHECKPOINT_FILE, STEP_FILE, STOPPED_FILE
 from ..io.storage import Storage
 from ..testing import faults
 from .evaluation import EvaluationQueue, evaluation_due
+from .objective import initialise_student, load_teacher, make_objective
 from .records import RunRecord, log_line
 from .state import TrainState
 
@@ -170,7 +171,7 @@ def _report_checkpoint(state: TrainState, rank: int) -> bytes | None:
 
 
 def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, rank: int, world: int,
-                  start_step: int) -> Callable[[int], tuple[torch.Tensor, dict[str, Any]]]:
+                  start_step: int, draw_levels: int) -> Callable[[int], tuple[torch.Tensor, dict[str, Any]]]:
     """``next_batch(step) -> (x, loss keyword arguments)``: the augmented float batch this
     worker trains on at ``step`` (1-based) and the draws the loss takes from outside.
 
@@ -186,7 +187,7 @@ def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, ran
         data = Storage.from_uri(opts.data_uri, endpoint_url=opts.endpoint_url)
         images = read_images(data, read_manifest(data)).to(device)
         batches = GlobalBatches(images, global_batch=per_worker * world, seed=tc.seed,
-                                num_levels=config.noise.num_levels, rank=rank, world=world,
+                                num_levels=draw_levels, rank=rank, world=world,
                                 lognormal=lognormal_of(config))
 
         return lambda step: step_inputs(batches, step, config)
@@ -245,6 +246,10 @@ def _train(loop_config: dict[str, Any]) -> None:
     # (copied from them before DDP broadcasts rank 0's weights) is the same on every rank too.
     torch.manual_seed(tc.seed * 1000)
     state = TrainState(config)
+    teacher = None
+    if config.is_consistency:  # a student starts as its teacher (a resumed one: as its checkpoint)
+        teacher = load_teacher(config, opts.endpoint_url, device)
+        initialise_student(state, teacher)
     torch.manual_seed(tc.seed * 1000 + rank)  # per-rank draws of the streaming path's loss
     resumed_from = _restore(state, run, opts)
     if rank == 0 and resumed_from:
@@ -252,12 +257,11 @@ def _train(loop_config: dict[str, Any]) -> None:
     state.to(device)
     sigmas = state.sigmas.to(device)
     model = ray.train.torch.prepare_model(state.model, move_to_device=device) if world > 1 else state.model
-    loss_fn = LOSSES[tc.loss]
-    loss_kwargs: dict[str, Any] = loss_options(config)
+    objective = make_objective(config, state, teacher)
     per_worker = tc.batch_size // world
-    next_batch = _batch_source(config, opts, device, rank, world, state.step)
-    window = LossWindow(config.noise.num_levels, device)
-    record = RunRecord(run, config, state.sigmas, state.step, opts.tracking, opts.tracking_env) if rank == 0 else None
+    next_batch = _batch_source(config, opts, device, rank, world, state.step, objective.draw_levels)
+    window = LossWindow(len(objective.bins), device)
+    record = RunRecord(run, config, objective.bins, state.step, opts.tracking, opts.tracking_env) if rank == 0 else None
     evals = None
     if rank == 0 and tc.eval_every > 0:
         evals = EvaluationQueue(run, metric=tc.eval_metric, n=tc.eval_n, data_uri=opts.data_uri,
@@ -278,15 +282,16 @@ def _train(loop_config: dict[str, Any]) -> None:
     model.train()
     while state.step < tc.steps:
         x, step_kwargs = next_batch(state.step + 1)
-        out = train_step(model, state.optimizer, loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
-                         micro_batches=opts.micro_batches, precision=tc.precision, **loss_kwargs, **step_kwargs)
+        out = train_step(model, state.optimizer, objective.loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
+                         micro_batches=opts.micro_batches, precision=tc.precision, **objective.loss_kwargs,
+                         **step_kwargs)
         state.step += 1
         window.add(out, state.step)
         faults.kill_worker_once(state.step, rank, run, log_line)
         checkpoint_due = state.step % tc.checkpoint_every == 0 or state.step >= tc.steps
         if not checkpoint_due and state.step % tc.log_every != 0:
             continue
-        stats = window.close(state.step, state.sigmas)
+        stats = window.close(state.step, objective.bins)
         if record is not None:
             record.log_window(state.step, stats, per_worker * world, state.optimizer.param_groups[0]["lr"])
             if evals is not None:

@@ -106,7 +106,9 @@ class RunRecord:
         parsed = [json.loads(line) for line in self.lines]
         records = [r for r in parsed if "loss_per_sigma" in r]
         image = loss_plot([r["step"] for r in records], [r["loss_per_sigma"] for r in records], self.sigmas.tolist(),
-                          title=f"{self.config.name}: loss per noise level (weighted by sigma^2)")
+                          title=f"{self.config.name}: " + ("consistency loss per interval (by its upper sigma)"
+                                                            if self.config.is_consistency else
+                                                            "loss per noise level (weighted by sigma^2)"))
         scores = sorted((r["step"], r["eval"]["score"]) for r in parsed if "eval" in r)
         if scores:
             metric = next(r["eval"]["metric"] for r in parsed if "eval" in r)
