@@ -79,14 +79,58 @@ def test_an_accumulated_step_equals_the_full_batch_step():
         assert torch.allclose(group_full["exp_avg_sq"], group_acc["exp_avg_sq"], rtol=1e-4, atol=1e-10)
 
 
-def test_a_batch_that_does_not_split_evenly_is_refused():
-    x = torch.zeros(10, 1, 8, 8)
-    with pytest.raises(ValueError, match="cannot split a batch of 10 into 4"):
-        split_batch(x, {}, 4)
-    parts = split_batch(x, {"levels": torch.arange(10), "anneal_power": 2.0, "generator": None}, 5)
-    assert [p[0].shape[0] for p in parts] == [2] * 5
+def test_a_batch_splits_into_near_equal_parts_and_never_into_empty_ones():
+    """Parts of ``B // k`` or one more rows (an elastic worker's share need not divide by its
+    micro-batch size); equal parts when ``k`` divides ``B``, as before; more parts than rows
+    is refused."""
+    x = torch.arange(10.0).view(10, 1, 1, 1)
+    parts = split_batch(x, {"levels": torch.arange(10), "anneal_power": 2.0, "generator": None}, 4)
+    assert [p[0].shape[0] for p in parts] == [2, 3, 2, 3]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x)
     assert torch.equal(torch.cat([p[1]["levels"] for p in parts]), torch.arange(10))
     assert all(p[1]["anneal_power"] == 2.0 for p in parts)
+    parts = split_batch(x, {"levels": torch.arange(10)}, 5)
+    assert [p[0].shape[0] for p in parts] == [2] * 5
+    with pytest.raises(ValueError, match="cannot split a batch of 10 into 11"):
+        split_batch(x, {}, 11)
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_uneven_shares_weighted_by_their_size_give_the_whole_batch_gradient():
+    """Three workers share a global batch of 32 as 10, 11, 11 rows (``worker_rows``); each
+    weights its loss by ``b_r W / B`` and DDP averages the three gradients: the result is the
+    gradient of one worker on the whole batch, to float tolerance, also when a share is
+    accumulated in uneven micro-batches."""
+    from ncsn_ray.data.global_batches import worker_rows
+
+    model, _, _, sigmas = _setup()
+    x = _digits(32, seed=3)
+    draws = _fixed_draws(x, len(sigmas), seed=4)
+    still = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves the weights; the gradients stay
+    train_step(model, still, LOSSES["dsm"], x, sigmas, **draws)
+    whole = _gradients(model)
+    scale = max(g.abs().max().item() for g in whole.values())
+
+    def ddp_average(micro_batches: int, weighted: bool) -> dict[str, torch.Tensor]:
+        total = {name: torch.zeros_like(g) for name, g in whole.items()}
+        for rank in range(3):
+            start, stop = worker_rows(rank, 3, 32)
+            worker = copy.deepcopy(model)
+            train_step(worker, torch.optim.SGD(worker.parameters(), lr=0.0), LOSSES["dsm"], x[start:stop], sigmas,
+                       micro_batches=micro_batches, loss_weight=(stop - start) * 3 / 32 if weighted else 1.0,
+                       **{k: v[start:stop] for k, v in draws.items()})
+            for name, g in _gradients(worker).items():
+                total[name] += g
+        return {name: g / 3 for name, g in total.items()}  # what DDP's all-reduce makes of them
+
+    assert [worker_rows(r, 3, 32) for r in range(3)] == [(0, 10), (10, 21), (21, 32)]
+    for micro_batches in (1, 3):  # 3 parts: 3 + 3 + 4 and 3 + 4 + 4 rows
+        assert _max_difference(ddp_average(micro_batches, weighted=True), whole) < 1e-5 * scale, micro_batches
+    # Unweighted, the share of 10 would count as much as the shares of 11: a visible error.
+    assert _max_difference(ddp_average(1, weighted=False), whole) > 1e-3 * scale
 
 
 def _free_port() -> int:

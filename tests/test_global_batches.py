@@ -63,3 +63,24 @@ def test_a_lognormal_sigma_draw_comes_last_and_splits_like_the_rest():
     parts = [GlobalBatches(_images(), global_batch=64, seed=5, num_levels=14, lognormal=lognormal, rank=r,
                            world=4).draws(9).sigmas for r in range(4)]
     assert torch.equal(torch.cat(parts), drawn.sigmas)
+
+
+def test_a_count_that_does_not_divide_the_batch_shares_it_near_equally_and_whole():
+    """An elastic group may have any size: 3 workers share a batch of 32 as 10, 11, 11 rows,
+    disjoint and covering the global batch and its draws; a count that divides the batch keeps
+    the slices ``[r b, (r + 1) b)`` it always had (so fixed runs are bit-identical)."""
+    from ncsn_ray.data.global_batches import worker_rows
+
+    whole = GlobalBatches(_images(), global_batch=32, seed=7, num_levels=3).draws(5)
+    parts = [GlobalBatches(_images(), global_batch=32, seed=7, num_levels=3, rank=r, world=3).draws(5) for r in range(3)]
+    assert [len(p.images) for p in parts] == [10, 11, 11]
+    for field in ("images", "levels", "noise", "uniform", "flip"):
+        assert torch.equal(torch.cat([getattr(p, field) for p in parts]), getattr(whole, field)), field
+    for world in (1, 2, 4, 8, 16, 32):
+        assert [worker_rows(r, world, 32) for r in range(world)] == [(r * 32 // world, (r + 1) * 32 // world)
+                                                                     for r in range(world)]
+        assert all(stop - start == 32 // world for start, stop in (worker_rows(r, world, 32) for r in range(world)))
+    for world in range(1, 33):
+        bounds = [worker_rows(r, world, 32) for r in range(world)]
+        assert bounds[0][0] == 0 and bounds[-1][1] == 32 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert {stop - start for start, stop in bounds} <= {32 // world, -(-32 // world)}

@@ -15,15 +15,19 @@ MNIST and CIFAR-10) holds every image in each worker and derives, for each optim
   lognormal``), one standard normal per example ``(B,)``: ``sigma = exp(mean + std u)``,
   clamped to the ladder's range (drawn last, so a ladder run's draws are unchanged).
 
-Worker ``r`` of ``W`` takes rows ``[r b, (r + 1) b)`` of each with ``b = B // W``. Nothing
-depends on the history of the run, so
+Worker ``r`` of ``W`` takes rows ``[floor(r B / W), floor((r + 1) B / W))`` of each
+(:func:`worker_rows`): ``[r b, (r + 1) b)`` with ``b = B / W`` when ``W`` divides ``B``, and
+shares of ``B // W`` or one more otherwise (32 over 3 workers: 10, 11, 11), which the loop
+weights by ``b_r W / B`` so that DDP's average of the gradients is the global batch's mean
+(``ncsn_core.train_step``'s ``loss_weight``). Nothing depends on the history of the run, so
 
 * a run resumed from its step-``k`` checkpoint continues with exactly the draws the
   uninterrupted run made at step ``k + 1`` (bit-identical weights, EMA and Adam state on
   deterministic kernels: nothing about the data needs to be in the checkpoint), and
 * a run resumed with another number of workers trains on the same global batches with the
   same noise; only the order in which DDP sums the gradients changes (equal to float
-  tolerance), as long as ``W`` divides ``B``.
+  tolerance), whatever ``W`` is: the same holds for an elastic run whose worker group
+  grows or shrinks between checkpoints.
 
 Sliced score matching draws its own projections from a generator seeded by
 ``(seed, k, rank)``: exact on resume with the same number of workers, not across counts.
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["GlobalBatches", "StepDraws", "derived_seed", "lognormal_of"]
+__all__ = ["GlobalBatches", "StepDraws", "derived_seed", "lognormal_of", "worker_rows"]
 
 _EPOCH_ORDER, _STEP_DRAWS, _LOSS_DRAWS = 0, 1, 2  # the purposes a seed is derived for
 
@@ -59,13 +63,24 @@ def lognormal_of(config) -> tuple[float, float, float, float] | None:
     return float(tc.sigma_mean), float(tc.sigma_std), float(config.noise.sigma_min), float(config.noise.sigma_max)
 
 
+def worker_rows(rank: int, world: int, global_batch: int) -> tuple[int, int]:
+    """``(start, stop)``: the rows of a global batch of ``global_batch`` examples that worker
+    ``rank`` of ``world`` trains on, ``[floor(rank B / world), floor((rank + 1) B / world))``.
+    Contiguous, disjoint, covering the batch; ``B // world`` or one more rows each."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not one of {world} workers")
+    if global_batch < world:
+        raise ValueError(f"a global batch of {global_batch} cannot give each of {world} workers an example")
+    return rank * global_batch // world, (rank + 1) * global_batch // world
+
+
 def _generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(*parts))
 
 
 @dataclass(frozen=True)
 class StepDraws:
-    """One worker's share of step k: ``b = B // W`` rows of each global draw.
+    """One worker's share of step k: its ``b`` rows of each global draw (:func:`worker_rows`).
 
     ``images``: ``(b, C, H, W)`` uint8; ``levels``: ``(b,)`` int64 noise-level indices;
     ``noise``: ``(b, C, H, W)`` float32 standard normal (the loss's ``z``); ``uniform``:
@@ -86,18 +101,18 @@ class GlobalBatches:
     """The step-addressed batches of one worker over images held in memory.
 
     ``images``: ``(N, C, H, W)`` uint8, the whole dataset in manifest order, on the
-    worker's device. ``global_batch``: ``B``, a multiple of ``world``. ``lognormal``:
+    worker's device. ``global_batch``: ``B``, at least ``world``; this worker's rows are
+    :func:`worker_rows` ``(rank, world, B)``, ``per_worker`` of them. ``lognormal``:
     ``(mean, std, sigma_min, sigma_max)`` of a log-normal sigma draw, or None (the ladder).
     """
 
     def __init__(self, images: torch.Tensor, *, global_batch: int, seed: int, num_levels: int,
                  rank: int = 0, world: int = 1, lognormal: tuple[float, float, float, float] | None = None):
-        if global_batch % world:
-            raise ValueError(f"the global batch {global_batch} does not split evenly over {world} workers")
+        self.rows = worker_rows(rank, world, global_batch)
         if len(images) < global_batch:
             raise ValueError(f"the data set has {len(images)} images, fewer than the global batch {global_batch}")
         self.images, self.global_batch, self.seed, self.num_levels = images, global_batch, seed, num_levels
-        self.rank, self.per_worker = rank, global_batch // world
+        self.rank, self.per_worker = rank, self.rows[1] - self.rows[0]
         self.lognormal = lognormal
         self.steps_per_epoch = len(images) // global_batch
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
@@ -128,7 +143,7 @@ class GlobalBatches:
         if self.lognormal is not None:
             mean, std, sigma_min, sigma_max = self.lognormal
             sigmas = (mean + std * torch.randn((B,), generator=g)).exp().clamp(sigma_min, sigma_max)
-        mine = slice(self.rank * self.per_worker, (self.rank + 1) * self.per_worker)
+        mine = slice(*self.rows)
         device = self.images.device
         rows = self.global_indices(step)[mine].to(device)
         return StepDraws(self.images[rows], levels[mine].to(device), noise[mine].to(device),
