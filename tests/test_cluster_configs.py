@@ -134,7 +134,7 @@ def test_aws_head_runs_no_tasks_and_workers_autoscale_from_zero(aws):
     workers = {name: t for name, t in types.items() if name != aws["head_node_type"]}
     gpu = [t for t in workers.values() if re.match(r"^(g\d|p\d)", t["node_config"]["InstanceType"])]
     cpu = [t for t in workers.values() if not re.match(r"^(g\d|p\d)", t["node_config"]["InstanceType"])]
-    assert len(gpu) == 1 and len(cpu) == 1, "one GPU worker type (training, sampling), one CPU type (data)"
+    assert len(gpu) == 2 and len(cpu) == 1, "GPU types on-demand and spot (training, sampling), one CPU type (data)"
     for t in workers.values():
         assert t["min_workers"] == 0
         assert 1 <= t["max_workers"] <= aws["max_workers"]
@@ -145,11 +145,48 @@ def test_aws_head_runs_no_tasks_and_workers_autoscale_from_zero(aws):
     assert aws["provider"].get("cache_stopped_nodes") is False
 
 
-def test_aws_spot_is_documented_and_off_by_default(aws):
-    text = AWS_YAML.read_text()
-    assert re.search(r"#\s*InstanceMarketOptions:", text) and re.search(r"#\s*MarketType: spot", text)
-    for t in aws["available_node_types"].values():
-        assert "InstanceMarketOptions" not in t["node_config"]
+def _spot(node_type: dict) -> bool:
+    return node_type["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+
+
+def test_aws_has_a_spot_gpu_type_from_zero_beside_the_on_demand_ones(aws):
+    """Issue 37: elastic training and generation use cheap spot nodes; the on-demand types stay."""
+    types = aws["available_node_types"]
+    spot = {name: t for name, t in types.items() if _spot(t)}
+    assert list(spot) == ["gpu_spot_worker"], "one spot type"
+    node_type = spot["gpu_spot_worker"]
+    assert node_type["min_workers"] == 0 and node_type["max_workers"] >= 1
+    assert node_type["node_config"]["InstanceType"].startswith(("g", "p")), "spot GPUs"
+    # RunInstances takes a spot request only as one-time with terminate on reclaim.
+    options = node_type["node_config"]["InstanceMarketOptions"]["SpotOptions"]
+    assert options == {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    assert node_type["labels"] == {"ncsn-market": "spot"}
+    on_demand = {name for name, t in types.items() if name != aws["head_node_type"] and not _spot(t)}
+    assert on_demand == {"gpu_worker", "cpu_worker"}
+    assert all(types[name]["labels"] == {"ncsn-market": "on-demand"} for name in on_demand)
+    assert sum(t["max_workers"] for name, t in types.items() if name != aws["head_node_type"]) <= aws["max_workers"]
+
+
+def test_aws_gpu_requests_fill_the_on_demand_type_before_spot(aws):
+    """Ray's cluster launcher (its own scheduler, as the autoscaler runs it) adds on-demand GPU
+    nodes up to their max_workers and spot nodes beyond: what the README says of where jobs run."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    detected = {"g5.xlarge": {"CPU": 4, "GPU": 1}, "m5.2xlarge": {"CPU": 8}, "m5.xlarge": {"CPU": 0}}
+    types = {name: {**t, "resources": {**detected[t["node_config"]["InstanceType"]], **t["resources"]}}
+             for name, t in aws["available_node_types"].items()}
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    on_demand = types["gpu_worker"]["max_workers"]
+
+    def added(bundles: list[dict]) -> dict:
+        return dict(get_nodes_for(types, {}, aws["head_node_type"], aws["max_workers"], bundles, scorer)[0])
+
+    assert added([{"CPU": 1, "GPU": 1}] * on_demand) == {"gpu_worker": on_demand}
+    assert added([{"CPU": 1, "GPU": 1}] * (on_demand + 3)) == {"gpu_worker": on_demand, "gpu_spot_worker": 3}
+    assert added([{"CPU": 1}] * 3) == {"cpu_worker": 1}, "CPU work never starts a GPU node"
 
 
 def test_aws_nodes_run_the_project_image_and_use_token_auth(aws):
@@ -229,6 +266,13 @@ def check_pod_template(template: dict, where: str) -> list[dict]:
     return containers
 
 
+def _spot_group(group: dict) -> bool:
+    """A worker group placed on spot capacity (a spot node selector or a spot toleration)."""
+    pod = group["template"]["spec"]
+    words = [*pod.get("nodeSelector", {}).items(), *(t.get("key", "") for t in pod.get("tolerations", []))]
+    return any("spot" in str(word).lower() for word in words)
+
+
 def check_raycluster_spec(spec: dict, where: str) -> None:
     assert spec["rayVersion"] == ray_version(), f"{where}: rayVersion"
     assert spec["enableInTreeAutoscaling"] is True
@@ -245,7 +289,7 @@ def check_raycluster_spec(spec: dict, where: str) -> None:
     assert isinstance(groups, list) and groups
     names = [g["groupName"] for g in groups]
     assert len(set(names)) == len(names) and all(DNS1123.match(n) for n in names)
-    gpu_groups = 0
+    gpu_groups, spot_groups = 0, 0
     for g in groups:
         assert isinstance(g["rayStartParams"], dict)
         assert all(isinstance(v, str) for v in g["rayStartParams"].values())
@@ -255,10 +299,19 @@ def check_raycluster_spec(spec: dict, where: str) -> None:
         containers = check_pod_template(g["template"], f"{where} {g['groupName']}")
         limits = containers[0]["resources"]["limits"]
         gpu_groups += "nvidia.com/gpu" in limits
+        spot_groups += _spot_group(g)
         node = NODE_ALLOCATABLE["g5.xlarge" if "nvidia.com/gpu" in limits else "m5.2xlarge"]
         assert fits(containers[0]["resources"]["requests"], node), f"{where} {g['groupName']}: pod > node"
         assert g["template"]["spec"].get("serviceAccountName") == "ncsn-storage", f"{where} {g['groupName']}"
-    assert gpu_groups == 1, f"{where}: one GPU worker group"
+    assert gpu_groups == 2 and spot_groups == 1, f"{where}: GPU worker groups on-demand and spot"
+    spot = next(g for g in groups if _spot_group(g))
+    assert spot["groupName"] == "gpu-spot" and spot["minReplicas"] == 0
+    assert "nvidia.com/gpu" in spot["template"]["spec"]["containers"][0]["resources"]["limits"], f"{where}: spot GPUs"
+    keys = {t["key"] for t in spot["template"]["spec"]["tolerations"]}
+    assert "nvidia.com/gpu" in keys and {"spot", "cloud.google.com/gke-spot"} <= keys, f"{where}: spot tolerations"
+    assert spot["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/capacityType": "SPOT"}
+    on_demand = next(g for g in groups if g["groupName"] == "gpu")
+    assert not _spot_group(on_demand), f"{where}: the on-demand GPU group stays on-demand"
     images = {c["image"] for c in head_containers} | {
         c["image"] for g in groups for c in g["template"]["spec"]["containers"]
     }
