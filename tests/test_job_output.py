@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ncsn_core.config import load_config
 from ncsn_ray.io.storage import Storage
 from ncsn_ray.train.tracking import read_events
 
@@ -73,4 +74,6 @@ def test_default_training_and_generation_print_progress_and_no_noise(tmp_path, d
         "\n".join(foreign)
     manifest = json.loads((tmp_path / "runs" / "samples" / "digits" / "_manifest.json").read_text())
     assert manifest["sampler"]["method"] == "edm" and manifest["nfe_per_sample"] == 35
-    assert any("edm on 18 edm sigmas, churn=5" in line and "35 NFE/sample" in line for line in generate)
+    sampling = load_config(REPO / "ncsn_ray" / "configs" / "digits.yaml").sampling
+    assert any(f"edm on 18 edm sigmas, churn={sampling.churn:g}" in line and "35 NFE/sample" in line
+               for line in generate), "\n".join(generate)

@@ -273,9 +273,12 @@ def read_sample_manifest(storage: Storage, *, kind: str | None = "generate") -> 
     else:
         hint = "it does not exist"
     _, manifest = FOLDER.read_manifest(storage, absent=f"{storage.uri}: not a complete sample set ({hint})")
-    if kind is not None and manifest.get("kind") != kind:
-        raise SampleSetError(f"{storage.uri}: a {manifest.get('kind')!r} sample set, expected {kind!r}")
     where = f"{storage.uri}: {MANIFEST}"
+    if manifest.get("kind") not in KINDS:
+        raise SampleSetError(f"{where}: kind must be one of {', '.join(sorted(KINDS))}, "
+                             f"got {manifest.get('kind')!r}")
+    if kind is not None and manifest["kind"] != kind:
+        raise SampleSetError(f"{storage.uri}: a {manifest['kind']!r} sample set, expected {kind!r}")
     height, width, channels = (FOLDER.require_int(manifest, key, where, minimum=1)
                                for key in ("height", "width", "channels"))
     if channels not in (1, 3):
