@@ -2,13 +2,15 @@
 
 Each trial runs a job's command line (``jobs/generate.py`` or ``jobs/train.py``, as a
 subprocess attached to a shared multi-node Ray cluster with ``RAY_ADDRESS``), injects one
-fault at a random moment, re-runs the same command while it exits non-zero (as the job's
-message tells a user to; at most 3 re-runs), and then checks what users rely on:
+fault (or two) at random moments, re-runs the same command while it exits non-zero (as the
+job's message tells a user to; at most 3 re-runs), and then checks what users rely on:
 
 * generation: the sample set is complete with exactly n seeds, none lost or duplicated, and
   every shard's bytes equal those of an undisturbed run;
 * training: the final checkpoint's weights, EMA and Adam state are bit-identical to an
-  uninterrupted run's (SHA-256 digests).
+  uninterrupted run's (SHA-256 digests); for an elastic run whose worker count changed,
+  equal to float tolerance (:data:`TOLERANCE`, the largest difference of any weight or EMA
+  weight; Adam's step count exactly), since DDP sums in another order for another count.
 
 Faults (one per trial, kinds dealt round-robin in a seeded shuffled order, moments drawn
 uniformly over the undisturbed run's wall time):
@@ -19,12 +21,24 @@ uniformly over the undisturbed run's wall time):
 ``store_outage``   stop the S3 server (moto on loopback) for 2-6 s, then start it again
 ``driver_killed``  SIGKILL the job's driver (the ``python jobs/...`` process)
 
+Two more kinds of trial (``--churn-trials``, ``--two-fault-trials``; generation and training
+alternately), drawn after the single-fault trials from their own seeded stream, so that the
+single-fault schedule of a seed is what it always was:
+
+``node_churn``     the job runs elastic (training ``--num-workers 1-3``, generation
+                   ``--min-actors 1 --num-actors 3``); the node hosting one of its workers or
+                   actors is removed at one moment and a fresh node joins at a later one (a
+                   spot reclaim, then its replacement), so the job shrinks and may grow again
+``A+B``            two different single faults in one run, at two moments (the first never
+                   ``driver_killed``, which would end the run before the second)
+
 The schedule is printed first; ``--only K`` replays trial K alone with the same draws.
 Prints one line per trial, the table by fault kind (trials, faults that landed, trials
 passed, rows lost, rows duplicated, re-runs, tracebacks seen in any output) and, last, a
 JSON object. Exit code 0 when every trial passed.
 
-    python benchmarks/chaos.py [--generation-trials 20] [--training-trials 10] [--seed 0] [--only K]
+    python benchmarks/chaos.py [--generation-trials 20] [--training-trials 10] [--churn-trials 4]
+        [--two-fault-trials 4] [--seed 0] [--only K]
 
 A fault that "did not land" found nothing to hit (the job had finished, or its process was
 not running yet); the trial still checks the invariants.
@@ -63,6 +77,9 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "chaos-key-id", "AWS_SECRET_ACCESS_KEY"
 NODE = {"num_cpus": 2, "object_store_memory": 100_000_000}
 TRAIN_STEPS = 24
 N_SAMPLES = 16
+TOLERANCE = 1e-4  # elastic training against the fixed reference: largest weight or EMA difference
+ELASTIC = {"training": ["--num-workers", "1-3", "--resize-check", "2"],
+           "generation": ["--min-actors", "1", "--num-actors", "3"]}
 
 TINY_CONFIG = {
     "name": "tiny",
@@ -83,6 +100,19 @@ class Trial:
     at: float  # moment of the fault, as a fraction of the undisturbed run's wall time
     outage_s: float  # store_outage only
     choice: int  # which matching process or node, when there are several
+    second: str | None = None  # a second fault (two-fault trials; node_churn: the node that joins)
+    at2: float = 0.0  # its moment, after ``at``
+
+    @property
+    def label(self) -> str:
+        """The trial's kind in the table: the fault, ``node_churn`` or ``A+B``."""
+        if self.fault == "node_churn" or self.second is None:
+            return self.fault
+        return f"{self.fault}+{self.second}"
+
+    @property
+    def elastic(self) -> bool:
+        return self.fault == "node_churn"
 
 
 @dataclass
@@ -94,14 +124,20 @@ class Outcome:
     rows_lost: int = 0
     rows_duplicated: int = 0
     identical: bool = False
+    difference: float = 0.0  # elastic training: largest weight or EMA difference from the reference
+    resizes: list = field(default_factory=list)  # elastic training: the worker counts the run went through
+    driver_killed: bool = False  # a driver_killed fault landed (its run exits -9)
     passed: bool = False
     detail: str = ""
     seconds: float = 0.0
     traceback_context: str = ""  # the lines around the first traceback in any run's output
 
 
-def schedule(seed: int, generation_trials: int, training_trials: int) -> list[Trial]:
-    """The trials, a function of ``seed`` alone (so any trial can be replayed)."""
+def schedule(seed: int, generation_trials: int, training_trials: int, churn_trials: int = 0,
+             two_fault_trials: int = 0) -> list[Trial]:
+    """The trials, a function of the arguments alone (so any trial can be replayed). Churn
+    and two-fault trials come last, from a stream of their own: adding them leaves the
+    single-fault trials of a seed unchanged."""
     rng = random.Random(seed)
     trials: list[Trial] = []
     for job, count, kinds in (("generation", generation_trials, GENERATION_FAULTS),
@@ -111,6 +147,19 @@ def schedule(seed: int, generation_trials: int, training_trials: int) -> list[Tr
         for k in range(count):
             trials.append(Trial(len(trials), job, order[k % len(order)], round(rng.uniform(0.15, 0.9), 3),
                                 round(rng.uniform(2.0, 6.0), 2), rng.randrange(1 << 16)))
+    more = random.Random(f"{seed}-churn-and-two-faults")
+    for k in range(churn_trials):
+        at = round(more.uniform(0.15, 0.5), 3)
+        trials.append(Trial(len(trials), ("training", "generation")[k % 2], "node_churn", at, 0.0,
+                            more.randrange(1 << 16), second="node_joined", at2=round(at + more.uniform(0.15, 0.5), 3)))
+    for k in range(two_fault_trials):
+        job = ("generation", "training")[k % 2]
+        kinds = GENERATION_FAULTS if job == "generation" else TRAINING_FAULTS
+        first = more.choice([kind for kind in kinds if kind != "driver_killed"])
+        second = more.choice([kind for kind in kinds if kind != first])
+        at = round(more.uniform(0.15, 0.5), 3)
+        trials.append(Trial(len(trials), job, first, at, round(more.uniform(2.0, 6.0), 2), more.randrange(1 << 16),
+                            second=second, at2=round(at + more.uniform(0.1, 0.4), 3)))
     return trials
 
 
@@ -152,14 +201,17 @@ class Rig:
     def env(self) -> dict[str, str]:
         return {**os.environ, "RAY_ADDRESS": self.cluster.address, "PYTHONUNBUFFERED": "1"}
 
-    def command(self, job: str, out: str) -> list[str]:
+    def command(self, job: str, out: str, elastic: bool = False) -> list[str]:
+        """The job's command line; ``elastic``: its worker group or actor pool grows and shrinks
+        (:data:`ELASTIC`) instead of having a fixed size."""
         if job == "generation":
+            pool = ELASTIC[job] if elastic else ["--num-actors", "2"]
             return [sys.executable, str(ROOT / "jobs" / "generate.py"), "--checkpoint", self.uri("train", "reference",
                     "tiny"), "--n", str(N_SAMPLES), "--shard-size", "2", "--batch-size", "2", "--steps-per-level",
-                    "150", "--num-actors", "2", "--out", out]
+                    "150", *pool, "--out", out]
         return [sys.executable, str(ROOT / "jobs" / "train.py"), "--config", str(self.config), "--data", self.data,
                 "--storage", out, "--steps", str(TRAIN_STEPS), "--no-preview", "--max-failures", "3",
-                "--cpus-per-worker", "1"]
+                "--cpus-per-worker", "1", *(ELASTIC[job] if elastic else [])]
 
     def prepare(self, log) -> None:
         subprocess.run([sys.executable, str(ROOT / "jobs" / "prepare_data.py"), "--dataset", "digits", "--out",
@@ -176,7 +228,19 @@ class Rig:
         from ncsn_ray.testing.digests import training_state_digests
 
         run = Storage.from_uri(self.uri("train", "reference", "tiny"))
-        self.reference_digests = training_state_digests(run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt"))
+        self.reference_bytes = run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt")
+        self.reference_digests = training_state_digests(self.reference_bytes)
+
+    def worker_nodes(self) -> list:
+        return [n for n in self.cluster.list_all_nodes() if n is not self.cluster.head_node]
+
+    def restore_nodes(self) -> None:
+        """Back to two worker nodes after a trial that removed or added one."""
+        while len(self.worker_nodes()) < 2:
+            self.cluster.add_node(**NODE)
+        while len(self.worker_nodes()) > 2:
+            self.cluster.remove_node(self.worker_nodes()[-1])
+        self.cluster.wait_for_nodes()
 
     def close(self) -> None:
         self.cluster.shutdown()
@@ -214,12 +278,18 @@ def _node_hosting(proc, cluster):
     return None
 
 
-def inject(trial: Trial, rig: Rig, driver: subprocess.Popen) -> bool:
-    """Inject the trial's fault now; True if it hit something."""
-    if trial.fault == "driver_killed":
+def inject(kind: str, trial: Trial, rig: Rig, driver: subprocess.Popen) -> bool:
+    """Inject a fault of ``kind`` now; True if it hit something. Besides the kinds of
+    :data:`GENERATION_FAULTS` and :data:`TRAINING_FAULTS`, the two halves of ``node_churn``:
+    ``node_lost`` removes the node hosting a worker or actor and adds none, ``node_joined``
+    adds a fresh node."""
+    if kind == "node_joined":
+        rig.cluster.add_node(**NODE)
+        return True
+    if kind == "driver_killed":
         driver.kill()
         return True
-    if trial.fault == "store_outage":
+    if kind == "store_outage":
         rig.store.stop()
         time.sleep(trial.outage_s)
         rig.store.start()
@@ -228,7 +298,7 @@ def inject(trial: Trial, rig: Rig, driver: subprocess.Popen) -> bool:
     if not targets:
         return False
     target = targets[trial.choice % len(targets)]
-    if trial.fault in ("actor_killed", "worker_killed"):
+    if kind in ("actor_killed", "worker_killed"):
         try:
             target.send_signal(signal.SIGKILL)
         except Exception:  # noqa: BLE001 - it exited on its own meanwhile
@@ -238,7 +308,8 @@ def inject(trial: Trial, rig: Rig, driver: subprocess.Popen) -> bool:
     if node is None:
         return False
     rig.cluster.remove_node(node, allow_graceful=False)
-    rig.cluster.add_node(**NODE)  # a fresh node joins, as the autoscaler would add one
+    if kind == "node_removed":
+        rig.cluster.add_node(**NODE)  # a fresh node joins at once, as the autoscaler would add one
     return True
 
 
@@ -263,29 +334,51 @@ def check_generation(rig: Rig, out: str, outcome: Outcome) -> None:
 
 
 def check_training(rig: Rig, out: str, outcome: Outcome) -> None:
+    from ncsn_core import load_checkpoint
     from ncsn_ray.io.storage import Storage
     from ncsn_ray.testing.digests import training_state_digests
 
     run = Storage.from_uri(f"{out}/tiny")
-    digests = training_state_digests(run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt"))
-    outcome.identical = digests == rig.reference_digests
+    final = run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt")
+    digests = training_state_digests(final)
+    lines = [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
+    outcome.resizes = [[r["resize"]["from"], r["resize"]["to"]] for r in lines if "resize" in r]
+    if not outcome.resizes:  # one worker count throughout: bit identity, as for a fixed group
+        outcome.identical = digests == rig.reference_digests
+        if not outcome.identical:
+            outcome.detail = "differs in " + ", ".join(k for k in digests if digests[k] != rig.reference_digests[k])
+        return
+    ours, reference = load_checkpoint(final), load_checkpoint(rig.reference_bytes)
+    outcome.difference = max((a.float() - b.float()).abs().max().item()
+                             for mine, theirs in ((ours.model_state, reference.model_state),
+                                                  (ours.ema_state, reference.ema_state))
+                             for a, b in ((mine[k], theirs[k]) for k in theirs))
+    steps = int(ours.optimizer_state["state"][0]["step"])
+    outcome.identical = outcome.difference < TOLERANCE and ours.step == steps == TRAIN_STEPS
     if not outcome.identical:
-        outcome.detail = "differs in " + ", ".join(k for k in digests if digests[k] != rig.reference_digests[k])
+        outcome.detail = f"differs by {outcome.difference:.2e} (Adam step {steps})"
 
 
 def run_trial(trial: Trial, rig: Rig, keep_logs: Path | None = None) -> Outcome:
     outcome = Outcome(trial)
     out = rig.uri("gen" if trial.job == "generation" else "train", f"trial-{trial.index}")
-    command, logs = rig.command(trial.job, out), []
+    command, logs = rig.command(trial.job, out, elastic=trial.elastic), []
+    faults = [(trial.at, "node_lost" if trial.elastic else trial.fault)]
+    if trial.second is not None:
+        faults.append((trial.at2, trial.second))
     started = time.monotonic()
     for attempt in range(4):  # the first run and at most 3 re-runs
         with tempfile.TemporaryFile("w+") as output:
             driver = subprocess.Popen(command, env=rig.env(), stdout=output, stderr=subprocess.STDOUT, text=True)
             if attempt == 0:
-                fire = started + trial.at * rig.reference_seconds[trial.job]
-                while driver.poll() is None and time.monotonic() < fire:
-                    time.sleep(0.05)
-                outcome.landed = driver.poll() is None and inject(trial, rig, driver)
+                landed = []
+                for at, kind in faults:
+                    fire = started + at * rig.reference_seconds[trial.job]
+                    while driver.poll() is None and time.monotonic() < fire:
+                        time.sleep(0.05)
+                    landed.append(driver.poll() is None and inject(kind, trial, rig, driver))
+                    outcome.driver_killed |= kind == "driver_killed" and landed[-1]
+                outcome.landed = all(landed)
             try:
                 code = driver.wait(timeout=600)
             except subprocess.TimeoutExpired:
@@ -300,6 +393,7 @@ def run_trial(trial: Trial, rig: Rig, keep_logs: Path | None = None) -> Outcome:
         if code == 0:
             break
     outcome.seconds = time.monotonic() - started
+    rig.restore_nodes()
     outcome.tracebacks = sum(text.count("Traceback") for text in logs)
     for text in logs:
         if "Traceback" in text:
@@ -315,8 +409,7 @@ def run_trial(trial: Trial, rig: Rig, keep_logs: Path | None = None) -> Outcome:
     except Exception as err:  # noqa: BLE001 - an unreadable result is a failed trial
         outcome.detail = f"result unreadable: {type(err).__name__}: {err}"
         return outcome
-    killed_driver = trial.fault == "driver_killed" and outcome.landed
-    expected_codes = all(c in (0, 1) or (killed_driver and i == 0) for i, c in enumerate(outcome.exit_codes))
+    expected_codes = all(c in (0, 1) or (outcome.driver_killed and i == 0) for i, c in enumerate(outcome.exit_codes))
     outcome.passed = (outcome.identical and outcome.rows_lost == 0 and outcome.rows_duplicated == 0
                       and outcome.tracebacks == 0 and expected_codes)
     if not expected_codes:
@@ -327,7 +420,7 @@ def run_trial(trial: Trial, rig: Rig, keep_logs: Path | None = None) -> Outcome:
 def table(outcomes: list[Outcome]) -> list[dict]:
     rows: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for o in outcomes:
-        row = rows[(o.trial.job, o.trial.fault)]
+        row = rows[(o.trial.job, o.trial.label)]
         row["trials"] += 1
         row["landed"] += o.landed
         row["passed"] += o.passed
@@ -342,19 +435,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generation-trials", type=int, default=20)
     parser.add_argument("--training-trials", type=int, default=10)
+    parser.add_argument("--churn-trials", type=int, default=4,
+                        help="elastic jobs under node churn (a node removed, later one added)")
+    parser.add_argument("--two-fault-trials", type=int, default=4, help="trials with two faults in one run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (default: %(default)s)")
     parser.add_argument("--only", type=int, action="append", help="run only trial K (repeatable): a replay")
     parser.add_argument("--keep-logs", type=Path, help="write every run's output to DIR/trial-K-run-J.log")
     args = parser.parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
-    trials = schedule(args.seed, args.generation_trials, args.training_trials)
+    trials = schedule(args.seed, args.generation_trials, args.training_trials, args.churn_trials,
+                      args.two_fault_trials)
     if args.only:
         trials = [t for t in trials if t.index in args.only]
     log(f"machine: {describe()}")
     log(f"schedule (seed {args.seed}):")
     for t in trials:
-        log(f"  trial {t.index}: {t.job} {t.fault} at {t.at:.0%} of the undisturbed run"
-            + (f", store down {t.outage_s} s" if t.fault == "store_outage" else ""))
+        log(f"  trial {t.index}: {t.job} {t.label} at {t.at:.0%}" + (f" and {t.at2:.0%}" if t.second else "")
+            + " of the undisturbed run"
+            + (f", store down {t.outage_s} s" if "store_outage" in (t.fault, t.second) else "")
+            + (" (elastic: a node removed, then one added)" if t.elastic else ""))
     with tempfile.TemporaryDirectory() as workdir:
         rig = Rig(Path(workdir))
         try:
@@ -365,9 +464,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.keep_logs.mkdir(parents=True, exist_ok=True)
                 outcome = run_trial(trial, rig, args.keep_logs)
                 outcomes.append(outcome)
-                log(f"trial {trial.index}: {trial.job} {trial.fault}: {'landed' if outcome.landed else 'missed'}, "
+                log(f"trial {trial.index}: {trial.job} {trial.label}: {'landed' if outcome.landed else 'missed'}, "
                     f"exit codes {outcome.exit_codes}, lost {outcome.rows_lost}, duplicated "
-                    f"{outcome.rows_duplicated}, identical {outcome.identical}, tracebacks {outcome.tracebacks}, "
+                    f"{outcome.rows_duplicated}, identical {outcome.identical}"
+                    + (f" (resizes {outcome.resizes}, within {outcome.difference:.1e})" if outcome.resizes else "")
+                    + f", tracebacks {outcome.tracebacks}, "
                     f"{outcome.seconds:.0f} s: {'PASS' if outcome.passed else 'FAIL ' + outcome.detail}")
                 if outcome.traceback_context:
                     log("  the first traceback, in context:\n    " + outcome.traceback_context.replace("\n", "\n    "))

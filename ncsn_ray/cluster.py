@@ -92,11 +92,12 @@ def quiet_ray_data() -> None:
 
 class _OneLineFailures(logging.Filter):
     """Ray Train logs a failure it then recovers from with a whole traceback: the worker's
-    "Error in training function:" (a store outage while checkpointing, say) and the
+    "Error in training function:" (a store outage while checkpointing, say), the
     controller's "Graceful shutdown of backend failed. This is expected if one of the
-    workers has crashed." Both are followed by a restart from the last checkpoint, and a
-    failure that is not recovered reaches the driver, which prints it as one ``error:``
-    line. Keep each record as one line (its first line and the exception's), without the
+    workers has crashed." and its "Error in control loop iteration: The worker group startup
+    timed out ..." (an elastic group placed on a node that just went away). All are followed
+    by a restart from the last checkpoint, and a failure that is not recovered reaches the
+    driver, which prints it as one ``error:`` line. Keep each record as one line (its first line and the exception's), without the
     traceback; ``NCSN_DEBUG=1`` in the workers' environment keeps everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -110,7 +111,11 @@ class _OneLineFailures(logging.Filter):
         return True
 
 
-_RECOVERED_FAILURE_LOGGERS = ("ray.train.v2._internal.callbacks.backend_setup", "ray.train.v2._internal.util")
+# The third is the controller's: an elastic group that restarts after a lost node may first ask
+# for the old size (Ray's view of the nodes is up to 20 s old), time out placing it and retry
+# with the size the remaining nodes hold; the controller logs that timeout with a traceback.
+_RECOVERED_FAILURE_LOGGERS = ("ray.train.v2._internal.callbacks.backend_setup", "ray.train.v2._internal.util",
+                              "ray.train.v2._internal.execution.controller.controller")
 
 
 def quiet_worker_logs() -> None:

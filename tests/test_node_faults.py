@@ -130,3 +130,53 @@ def test_removing_a_node_that_hosts_a_sampling_actor_loses_and_duplicates_nothin
         cluster.shutdown()
     lost, reference = _seeds_and_pngs(tmp_path / "node-lost"), _seeds_and_pngs(tmp_path / "undisturbed")
     assert sorted(lost) == list(range(16)) and lost == reference
+
+
+@pytest.mark.timeout(900)
+def test_a_generation_pool_grows_as_nodes_join_and_goes_on_when_one_is_lost(tmp_path):
+    """``--min-actors 1 --num-actors 3`` on a cluster of one 1-CPU node: two nodes join while
+    the job runs (the pool grows onto them) and one of them is then removed (its actor dies,
+    its shard in flight is retried, the pool goes on smaller). Every seed exactly once, each
+    sample's bytes those of an undisturbed run on a fixed pool of one actor."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ncsn_ray.sample import generate
+    from ncsn_ray.sample.generate import GenerateOptions
+    from ncsn_ray.sample.pipeline import ActorPlan
+
+    run = tmp_path / "run"
+    make_tiny_run(run)
+    settings = dict(n=24, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=60)
+    node = {"num_cpus": 1, "object_store_memory": 100_000_000}
+    cluster = Cluster(initialize_head=True, head_node_args=_HEAD)
+    try:
+        cluster.add_node(**node)
+        ray.init(address=cluster.address)
+        generate.run(GenerateOptions(out=str(tmp_path / "undisturbed"), actors=ActorPlan(num_actors=1), **settings),
+                     log=lambda m: None)
+        outcome: dict = {}
+        thread = threading.Thread(target=lambda: outcome.setdefault("summary", generate.run(
+            GenerateOptions(out=str(tmp_path / "churn"), actors=ActorPlan(min_actors=1, max_actors=3), **settings),
+            log=lambda m: None)))
+        thread.start()
+
+        def shards() -> int:
+            return len(list((tmp_path / "churn").glob("samples-*.parquet")))
+
+        deadline = time.monotonic() + 300
+        while shards() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        joined = [cluster.add_node(**node) for _ in range(2)]
+        while shards() < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cluster.remove_node(joined[0], allow_graceful=False)
+        thread.join(timeout=600)
+        summary = outcome.get("summary", {})
+        assert summary.get("status") == "complete", outcome
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    churned, reference = _seeds_and_pngs(tmp_path / "churn"), _seeds_and_pngs(tmp_path / "undisturbed")
+    assert sorted(churned) == list(range(24)) and churned == reference
+    assert summary["actors_used"] >= 2, f"the pool never grew onto the joining nodes: {summary}"

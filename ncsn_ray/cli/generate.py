@@ -3,7 +3,7 @@
 Generation (seeds ``seed .. seed + n - 1``, one row per seed, Parquet shards by seed range)::
 
     python jobs/generate.py --n N [--checkpoint URI] [--out URI] [--batch-size B] [--shard-size S]
-        [--num-actors K | --min-actors A --max-actors B] [--cpus-per-actor C] [--use-gpu]
+        [--num-actors K | --min-actors A --num-actors B] [--cpus-per-actor C] [--use-gpu]
         [--seed S] [--steps-per-level T] [--ema | --no-ema] [--set sampling.key=value ...]
         [--s3-endpoint URL] [--json]
 
@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "annealed_langevin, euler, edm, pc), sampling.steps=11, sampling.eps=2e-5, "
                              "sampling.final_denoise=true, sampling.precision=bf16 (repeatable)")
     actors = parser.add_argument_group("actors (default: one per GPU with --use-gpu, else one per CPU)")
-    actors.add_argument("--num-actors", type=int, help="fixed actor pool size")
-    actors.add_argument("--min-actors", type=int, help="autoscaling pool: minimum")
-    actors.add_argument("--max-actors", type=int, help="autoscaling pool: maximum")
+    actors.add_argument("--num-actors", type=int, help="fixed actor pool size; with --min-actors, the pool's maximum")
+    actors.add_argument("--min-actors", type=int, help="a pool that grows and shrinks with the cluster: its minimum "
+                        "(the maximum is --num-actors, or --max-actors)")
+    actors.add_argument("--max-actors", type=int, help="the growing pool's maximum (the same as --num-actors beside "
+                        "--min-actors; alone: a pool of 1 to this many)")
     actors.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) each actor reserves "
                         "(default: %(default)s)")
     actors.add_argument("--use-gpu", action="store_true", help="one GPU per actor")
@@ -104,10 +106,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--trajectory needs at least 2 frames, got {args.trajectory}")
     if args.samples_per_image < 1:
         parser.error(f"--samples-per-image must be at least 1, got {args.samples_per_image}")
-    if (args.min_actors is None) != (args.max_actors is None):
-        parser.error("--min-actors and --max-actors go together")
-    if args.num_actors is not None and args.min_actors is not None:
-        parser.error("give either --num-actors or --min-actors/--max-actors, not both")
+    if args.num_actors is not None and args.max_actors is not None:
+        parser.error("--num-actors and --max-actors both name a pool size: give one")
+    if args.min_actors is not None:  # a growing pool: --num-actors (or --max-actors) is its maximum
+        if args.num_actors is None and args.max_actors is None:
+            parser.error("--min-actors needs the pool's maximum: --num-actors N (or --max-actors N)")
+        args.max_actors, args.num_actors = args.max_actors or args.num_actors, None
+        if args.min_actors > args.max_actors:
+            parser.error(f"--min-actors {args.min_actors} exceeds the maximum {args.max_actors}")
+    elif args.max_actors is not None:
+        args.min_actors = 1
     return args
 
 

@@ -1,13 +1,15 @@
 """Train a Noise Conditional Score Network with Ray Train (DDP), checkpointing to object storage.
 
     python jobs/train.py [--config YAML] [--data URI] [--storage URI] [--name NAME]
-        [--num-workers N] [--use-gpu] [--steps N] [--set section.key=value ...]
+        [--num-workers N | --num-workers MIN-MAX] [--use-gpu] [--steps N] [--set section.key=value ...]
 
 With no arguments: the digits config, digits prepared into runs/data/digits if missing, an
 embedded local Ray instance, CPU workers, local storage in runs/. Under ``ray job submit``
 the same command attaches to the cluster. Re-running with the same --storage and --name
 resumes from the newest checkpoint; --steps is the total number of optimiser steps of the
-run, so a larger value continues it.
+run, so a larger value continues it. --num-workers 2-8 makes the worker group elastic: it
+starts once 2 workers fit, grows towards 8 as nodes join and goes on with fewer when a node
+is lost (spot instances), each time from the newest checkpoint, with the same global batch.
 
 Progress (step, loss and loss per sigma, images/s, time left) is printed and appended to
 <storage>/<name>/metrics.jsonl; each checkpoint redraws <storage>/<name>/loss.png and writes
@@ -38,7 +40,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="prepared dataset URI (default: data.uri of the config, else runs/data/<dataset>)")
     p.add_argument("--storage", default="runs", help="where runs live: s3://bucket/prefix, gs://..., or a local path (default: runs)")
     p.add_argument("--name", default=None, help="run name (default: the config's name); re-running with the same storage and name resumes")
-    p.add_argument("--num-workers", type=int, default=1, help="training workers (DDP ranks), default 1")
+    p.add_argument("--num-workers", type=_workers, default=1, metavar="N|MIN-MAX",
+                   help="training workers (DDP ranks), default 1; MIN-MAX (e.g. 2-8): an elastic group that starts "
+                        "once MIN fit, grows towards MAX as nodes join and goes on with fewer when one is lost, each "
+                        "time from the newest checkpoint; the global batch stays the config's")
+    p.add_argument("--resize-check", type=float, default=None, metavar="S",
+                   help="elastic groups: seconds between Ray's checks for room to grow (default 30; Ray's own is 60; "
+                        "a check that finds no change costs nothing, a resize costs a restart and the steps since "
+                        "the last checkpoint)")
     p.add_argument("--batch-per-worker", type=int, default=None, metavar="N",
                    help="examples a worker holds at once: its share of the global batch is accumulated in parts of N "
                         "(no all-reduce until the last); the global batch and the learning dynamics stay the config's")
@@ -58,7 +67,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (overrides training.checkpoint_every)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
-    p.add_argument("--max-failures", type=int, default=3, help="worker failures to recover from (from the latest checkpoint), default 3")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="worker failures to recover from (from the latest checkpoint): default 3, or 20 with an elastic "
+                        "--num-workers MIN-MAX (where each lost node is one); -1: no limit")
     p.add_argument("--data-cache", choices=["auto", "on", "off"], default="auto",
                    help="train from the whole decoded dataset held in each worker, with step-addressed batches that make resumption exact (auto: if under 1 GiB; off: stream through Ray Data)")
     p.add_argument("--no-preview", action="store_true", help="skip the sample grid written at each checkpoint")
@@ -73,6 +84,16 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     storage_and_summary_flags(p)
 
 
+def _workers(text: str) -> int | tuple[int, int]:
+    """``--num-workers``: N or MIN-MAX (argparse reports a ValueError as a usage error)."""
+    from ncsn_ray.train.elastic import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     return check_run_flags(parser, parser.parse_args(argv))
@@ -80,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Usage errors (exit 2) in the flags of :func:`add_run_flags`."""
-    for flag in ("num_workers", "steps", "checkpoint_every", "batch_per_worker", "eval_every"):
+    for flag in ("steps", "checkpoint_every", "batch_per_worker", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -88,8 +109,13 @@ def check_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--eval-n must be at least 2, got {args.eval_n}")
     if args.no_eval and args.eval_every is not None:
         parser.error("--no-eval and --eval-every contradict each other")
-    if args.max_failures < 0:
-        parser.error(f"--max-failures must be non-negative, got {args.max_failures}")
+    if args.max_failures is not None and args.max_failures < -1:
+        parser.error(f"--max-failures must be -1 (no limit) or more, got {args.max_failures}")
+    if args.resize_check is not None:
+        if not args.resize_check >= 0:
+            parser.error(f"--resize-check must be non-negative, got {args.resize_check}")
+        if isinstance(args.num_workers, int):
+            parser.error("--resize-check applies to an elastic group: give --num-workers MIN-MAX")
     if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
         parser.error(f"--cpus-per-worker must be positive, got {args.cpus_per_worker}")
     return args
@@ -110,7 +136,7 @@ def options_from(args: argparse.Namespace, **extra):
         tracking=args.tracking,
         placement_strategy=args.placement_strategy, verbose=args.verbose,
         allow_config_change=args.allow_config_change,
-
+        **({} if args.resize_check is None else {"resize_check_s": args.resize_check}),
     )
 
 

@@ -52,8 +52,12 @@ LEVEL_REPORT_MIN_S = 10.0  # a finished level is reported if the last line is at
 class ActorPlan:
     """How many sampling actors, and what each reserves.
 
-    ``num_actors``: a fixed pool; ``min_actors``/``max_actors``: an autoscaling pool; neither:
-    one actor per GPU (``use_gpu``) or ``CPUs // cpus_per_actor`` actors.
+    ``num_actors``: a fixed pool; ``min_actors``/``max_actors``: a pool that grows as nodes join
+    (Ray Data adds an actor while shards wait and there is room for one) and shrinks when one
+    is lost (its shards in flight are retried on the others), never below ``min_actors``
+    (``generate.py --min-actors A --num-actors B``); neither: one actor per GPU (``use_gpu``)
+    or ``CPUs // cpus_per_actor`` actors. A sample's bytes depend on its seed only, so every
+    pool writes the same shards.
     """
 
     num_actors: int | None = None

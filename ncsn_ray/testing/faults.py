@@ -10,6 +10,8 @@ comma-separated list of ``name`` or ``name=value`` entries, before it starts a j
 
     NCSN_FAULTS="train.kill_worker_at_step=5"      rank 0's training worker exits once, after step 5
     NCSN_FAULTS="train.rank_digests"               every rank records digests of its weights and EMA
+    NCSN_FAULTS="train.step_ms=200"                every training step takes at least 200 ms more
+                                                   (paces a run so a test can add or remove nodes under it)
     NCSN_FAULTS="sample.fail_after_shards=1"       shard actors raise after that many shards
     NCSN_FAULTS="sample.exit_once_after_shards=1"  one shard actor process exits once after that many
 
@@ -25,12 +27,13 @@ import functools
 import os
 from typing import Any
 
-__all__ = ["ENV", "value", "enabled", "runtime_env", "kill_worker_once", "after_shard", "write_rank_digests"]
+__all__ = ["ENV", "value", "enabled", "runtime_env", "kill_worker_once", "pace_step", "after_shard",
+           "write_rank_digests"]
 
 ENV = "NCSN_FAULTS"
 KILL_MARKER = ".injected-failure-done"
 EXIT_MARKER = ".injected-exit-done"
-KNOWN = {"train.kill_worker_at_step", "train.rank_digests", "sample.fail_after_shards",
+KNOWN = {"train.kill_worker_at_step", "train.rank_digests", "train.step_ms", "sample.fail_after_shards",
          "sample.exit_once_after_shards"}
 
 
@@ -76,6 +79,17 @@ def kill_worker_once(step: int, rank: int, run, log) -> None:
         run.write_bytes(KILL_MARKER, b"1")
         log(f"[train] injected failure: killing worker at step {step}")
         os._exit(1)
+
+
+def pace_step() -> None:
+    """``train.step_ms``: sleep that many milliseconds after a training step (every rank), so a
+    short run lasts long enough for a test to change the cluster under it. The weights are
+    those of an unpaced run: only time passes."""
+    delay = value("train.step_ms")
+    if delay:
+        import time
+
+        time.sleep(delay / 1000)
 
 
 def after_shard(shards_written: int, out) -> None:

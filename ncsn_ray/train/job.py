@@ -6,8 +6,9 @@ default digits data is prepared into ``runs/data/digits`` if missing), the stora
 (writable) and an existing run's compatibility with the config; any problem is a
 :class:`~ncsn_ray.errors.UserError` naming it. Then a ``ray.train.torch.TorchTrainer``
 (Train V2) runs :func:`~ncsn_ray.train.loop.train_loop_per_worker` on ``num_workers``
-DDP workers, reading the Parquet shards through Ray Data and checkpointing into
-``{storage}/{name}``. Re-running with the same storage and name resumes.
+DDP workers (a number, or ``(MIN, MAX)`` for an elastic group that grows and shrinks with
+the cluster: :mod:`ncsn_ray.train.elastic`), reading the Parquet shards through Ray Data and
+checkpointing into ``{storage}/{name}``. Re-running with the same storage and name resumes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ..cluster import FAKE_GPUS_ENV
 from ..io.storage import Storage
 from ..data.ingest import fits_in_memory
 from ..testing import faults
+from .elastic import (DEFAULT_RESIZE_CHECK_S, ELASTIC_MAX_FAILURES, ELASTIC_START_TIMEOUT_S, RoomWatch,
+                      describe_workers, is_elastic, worker_range)
 from .loop import NonFiniteLossError, WorkerOptions, train_loop_per_worker
 
 __all__ = ["TrainOptions", "run", "DEFAULT_CONFIG"]
@@ -52,7 +55,8 @@ class TrainOptions:
     data: str | None = None  # prepared dataset URI (None: the config's data.uri, else runs/data/<dataset>)
     storage: str = DEFAULT_STORAGE
     name: str | None = None  # run name (None: the config's name)
-    num_workers: int = 1
+    num_workers: int | tuple[int, int] = 1  # a fixed group, or (MIN, MAX): elastic (ncsn_ray.train.elastic)
+    resize_check_s: float = DEFAULT_RESIZE_CHECK_S  # elastic: seconds between Ray's checks for a new group size
     batch_per_worker: int | None = None  # examples a worker holds at once (gradient accumulation); None: its whole share
     eval_every: int | None = None  # score every K-th checkpoint (overrides training.eval_every; 0: never)
     eval_n: int | None = None  # samples per evaluation (overrides training.eval_n)
@@ -63,7 +67,7 @@ class TrainOptions:
     steps: int | None = None
     checkpoint_every: int | None = None
     overrides: list[str] = field(default_factory=list)
-    max_failures: int = 3
+    max_failures: int | None = None  # None: 3 for a fixed group, ELASTIC_MAX_FAILURES for an elastic one; -1: no limit
     data_cache: str = "auto"
     endpoint_url: str | None = None
     preview: bool = True
@@ -213,14 +217,22 @@ def _worker_resources(options: TrainOptions, total_cpus: float, streaming: bool,
     less than a whole CPU so that Ray Data keeps one for loading (a trainer whose workers
     reserve every CPU starves its own ingest and hangs); its torch threads still use the
     cores it shares. In-memory training reads its data in the worker and needs no such room.
+    An elastic group (whose size, and so its share of the cluster, changes) gives each worker
+    as many torch threads as the CPUs it reserves (at least one).
     """
+    _, most = worker_range(options.num_workers)
     cpus = options.cpus_per_worker
     if cpus is None:
         cpus = 1.0
-        if streaming and not options.use_gpu and total_cpus - options.num_workers * cpus < 1:
-            cpus = max(0.1, (total_cpus - 1) / options.num_workers) if total_cpus > 1 else 0.5
+        if streaming and not options.use_gpu and total_cpus - most * cpus < 1:
+            cpus = max(0.1, (total_cpus - 1) / most) if total_cpus > 1 else 0.5
             log(f"[train] {total_cpus:g} CPUs: reserving {cpus:.2g} CPU per worker to leave room for data loading")
-    threads = 0 if options.use_gpu else max(1, int(total_cpus // options.num_workers))
+    if options.use_gpu:
+        threads = 0
+    elif is_elastic(options.num_workers):
+        threads = max(1, int(cpus))
+    else:
+        threads = max(1, int(total_cpus // most))
     return cpus, threads
 
 
@@ -240,28 +252,37 @@ def _check_evaluation(config: Config, manifest: DatasetManifest, data_uri: str, 
         f"{'' if tc.eval_every == 1 else f'{tc.eval_every}th '}checkpoint (a separate actor; the best is kept in best/)")
 
 
-def _micro_batches(batch_size: int, num_workers: int, batch_per_worker: int | None) -> int:
-    """Micro-batches each worker accumulates per step so that it holds at most
-    ``batch_per_worker`` examples at once while the global batch stays ``batch_size``."""
-    if batch_size % num_workers:
-        divisors = [w for w in range(1, min(batch_size, 64) + 1) if batch_size % w == 0]
-        raise UserError(f"training.batch_size {batch_size} does not split evenly over {num_workers} workers (each "
-                        f"takes an equal share of the global batch, which the learning rate was set for); use "
-                        f"--num-workers in {divisors} or change training.batch_size")
-    share = batch_size // num_workers
-    if batch_per_worker is None:
-        return 1
-    if batch_per_worker < 1 or share % batch_per_worker:
-        fits = [b for b in range(1, share + 1) if share % b == 0]
-        raise UserError(f"--batch-per-worker {batch_per_worker} must divide each worker's share of the global batch "
-                        f"({batch_size} / {num_workers} workers = {share}): use one of {fits}")
-    return share // batch_per_worker
+def _shares(batch_size: int, num_workers: int | tuple[int, int], batch_per_worker: int | None) -> str:
+    """How the global batch is shared, for the start line (e.g. ``"10-11 each, in 2 micro-batches of
+    at most 6"``; empty when every worker takes an equal share whole). Every worker count in the
+    range must get at least one example; ``batch_per_worker`` must be at least 1.
+
+    Worker ``r`` of ``W`` takes rows ``[floor(r B / W), floor((r + 1) B / W))`` of each global
+    batch (:func:`~ncsn_ray.data.global_batches.worker_rows`) and weights its loss by its share,
+    so the learning dynamics are the global batch's for every ``W``; with ``batch_per_worker``
+    it accumulates its share in ``ceil(share / batch_per_worker)`` near-equal parts."""
+    low, high = worker_range(num_workers)
+    if high > batch_size:
+        raise UserError(f"training.batch_size {batch_size} cannot give each of {high} workers an example; "
+                        f"use at most {batch_size} workers or a larger batch")
+    if batch_per_worker is not None and batch_per_worker < 1:
+        raise UserError(f"--batch-per-worker must be at least 1, got {batch_per_worker}")
+    smallest, largest = batch_size // high, -(-batch_size // low)
+    if low == high and batch_size % low == 0 and batch_per_worker is None:
+        return ""
+    text = f"{smallest} each" if smallest == largest else f"{smallest}-{largest} each"
+    if batch_per_worker is not None:
+        parts = -(-largest // batch_per_worker)
+        if parts > 1:
+            text += f", in up to {parts} micro-batches of at most {batch_per_worker}"
+    return text
 
 
 def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     """Train (or resume) the run ``{storage}/{name}``; returns ``{"step", "run", ...}``."""
-    if options.num_workers < 1:
-        raise UserError(f"the number of workers must be at least 1, got {options.num_workers}")
+    low, high = worker_range(options.num_workers)
+    if not 1 <= low <= high:
+        raise UserError(f"the number of workers must be at least 1 (MIN <= MAX), got {options.num_workers}")
     trackers = parse_tracking(options.tracking)
     tracking_env = {}
     if "mlflow" in trackers:
@@ -275,13 +296,13 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     data, manifest = _resolve_data(options, config, log)
     if config.has_auto():
         config = _resolve_auto(config, data, manifest, log)
-    micro_batches = _micro_batches(config.training.batch_size, options.num_workers, options.batch_per_worker)
-    per_worker = config.training.batch_size // options.num_workers
-    if manifest.num_rows // options.num_workers < per_worker:
-        raise UserError(
-            f"batch size {config.training.batch_size} over {options.num_workers} worker(s) needs at least "
-            f"{per_worker * options.num_workers} images; {data.uri} has {manifest.num_rows}"
-        )
+    shares = _shares(config.training.batch_size, options.num_workers, options.batch_per_worker)
+    for count in range(low, high + 1):  # every worker's data must hold its share of a step
+        if manifest.num_rows // count < -(-config.training.batch_size // count):
+            raise UserError(
+                f"batch size {config.training.batch_size} over {count} worker(s) needs at least "
+                f"{-(-config.training.batch_size // count) * count} images; {data.uri} has {manifest.num_rows}"
+            )
     _check_evaluation(config, manifest, data.uri, options, log)
     in_memory = fits_in_memory(manifest, options.data_cache, CACHE_LIMIT_BYTES)
     if in_memory:  # the workers read every shard whole: check them against the manifest first
@@ -307,17 +328,22 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
             torch_threads=threads, data_uri=data.uri, in_memory=in_memory, preview=options.preview,
             tracking=trackers, tracking_env=tracking_env,
             verbose=options.verbose, resume_uri=resume.uri, config_changes=resume.changes,
-            micro_batches=micro_batches, inception_weights=options.inception_weights,
+            batch_per_worker=options.batch_per_worker, elastic=is_elastic(options.num_workers),
+            inception_weights=options.inception_weights,
         )
         log(f"[train] config {options.config} (name {name}): {config.training.steps} steps, global batch "
-            f"{config.training.batch_size} over {options.num_workers} worker(s)"
-            + (f" ({per_worker} each, in {micro_batches} micro-batches of {per_worker // micro_batches})"
-               if micro_batches > 1 else "")
+            f"{config.training.batch_size} over {describe_workers(options.num_workers)}"
+            + (f" ({shares})" if shares else "")
             + (f", {config.training.precision}" if config.training.precision != "fp32" else "")
             + f", data {data.uri} "
             f"({manifest.num_rows} images, {'in memory, step-addressed' if in_memory else 'streamed by Ray Data'}), "
             f"run folder {run_location.uri}")
-        _fit(options, config, name, run_location, data, manifest, worker, cpus)
+        if is_elastic(options.num_workers):
+            log(f"[train] elastic: the group grows towards {high} workers as nodes join and goes on with fewer (at "
+                f"least {low}) when one is lost, each time from the newest checkpoint (checked every "
+                f"{options.resize_check_s:g} s; a lost node counts against --max-failures "
+                f"{_max_failures(options)})")
+        _fit(options, config, name, run_location, data, manifest, worker, cpus, log)
     finally:
         if started_ray:
             import ray
@@ -330,8 +356,16 @@ def run(options: TrainOptions, *, log: Log = print) -> dict[str, Any]:
     return {"step": step, "run": run_location.uri, "status": "complete", "seconds": round(seconds, 1)}
 
 
+def _max_failures(options: TrainOptions) -> int:
+    """``--max-failures``, or its default: 3 for a fixed group, :data:`ELASTIC_MAX_FAILURES` for
+    an elastic one (whose lost nodes are failures to Ray); -1 is no limit."""
+    if options.max_failures is not None:
+        return options.max_failures
+    return ELASTIC_MAX_FAILURES if is_elastic(options.num_workers) else 3
+
+
 def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage, data: Storage,
-         manifest: DatasetManifest, worker: WorkerOptions, cpus_per_worker: float) -> None:
+         manifest: DatasetManifest, worker: WorkerOptions, cpus_per_worker: float, log: Log = print) -> None:
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -342,6 +376,14 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     # works without it), and in Ray 2.60 it logs an error line at every start
     # (ray-project/ray#53727). Off unless the user turns it on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    low, high = worker_range(options.num_workers)
+    if low != high:
+        # After a lost node Ray's elastic policy may ask for the old size once more (its view
+        # of the nodes is up to 20 s old); placing that group waits this long before Ray
+        # retries with the size the remaining nodes hold. Ray's default, 60 s, is lost time
+        # at every preemption; the wait covers only placing the group's resources, which the
+        # policy has just seen free. Ray passes the variable on to its controller.
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(ELASTIC_START_TIMEOUT_S))
     storage = Storage.from_uri(options.storage, endpoint_url=options.endpoint_url)
     # Tests on a simulated cluster: reserve the (declared, not real) GPUs, train on the CPU
     # with gloo (the workers' own device choice is the CPU: ``worker.use_gpu`` is False).
@@ -353,16 +395,18 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
             # Our own ingest options (Train's defaults copy a deprecated Ray Data field and warn).
             # One worker reads the whole dataset: no split, so no split-coordinator actor to start.
             dataset_config=ray.train.DataConfig(
-                datasets_to_split="all" if options.num_workers > 1 else [],
+                datasets_to_split="all" if worker_range(options.num_workers)[1] > 1 else [],
                 execution_options=ExecutionOptions(preserve_order=False),
             ),
         )
+    elastic = {"num_workers": (low, high), "elastic_resize_monitor_interval_s": options.resize_check_s} \
+        if low != high else {"num_workers": low}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "options": asdict(worker)},
         torch_config=TorchConfig(backend="gloo") if simulated else None,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=options.num_workers, use_gpu=options.use_gpu,
+            **elastic, use_gpu=options.use_gpu,
             resources_per_worker={"CPU": cpus_per_worker}, placement_strategy=options.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
@@ -370,7 +414,7 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
             storage_path=storage.path,
             storage_filesystem=storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.training.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=_max_failures(options)),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if options.verbose else "WARNING"),
             worker_runtime_env=faults.runtime_env(),  # empty unless a reliability test asks for a fault
         ),
@@ -378,6 +422,11 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     )
     if run_location.exists(STOPPED_FILE):
         run_location.delete(STOPPED_FILE)  # from an earlier attempt
-    trainer.fit()
+    watch = RoomWatch(low, {"CPU": cpus_per_worker, **({"GPU": 1.0} if options.use_gpu else {})}, log)
+    watch.start()
+    try:
+        trainer.fit()
+    finally:
+        watch.stop()
     if run_location.exists(STOPPED_FILE):
         raise NonFiniteLossError(run_location.read_json(STOPPED_FILE)["error"])

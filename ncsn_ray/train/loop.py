@@ -11,9 +11,14 @@ and EMA restored). Rank 0 also keeps the run's records (:mod:`ncsn_ray.train.rec
 evaluator (:mod:`ncsn_ray.train.evaluation`: ``evals/``, ``best/``).
 
 Step semantics: ``training.steps`` is the total number of optimiser steps of the run;
-``training.batch_size`` is the global batch, ``batch_size // W`` per worker for W workers
-(W must divide it), accumulated in ``micro_batches`` parts when ``--batch-per-worker`` asks
-for fewer examples at once; ``training.precision: bf16`` autocasts the forward pass.
+``training.batch_size`` is the global batch ``B``, shared by the W workers of the current
+group as :func:`~ncsn_ray.data.global_batches.worker_rows` says (``B / W`` each when W
+divides B, else ``B // W`` or one more, each worker's loss weighted by its share so that the
+step's gradient is the global batch's mean), accumulated in parts of at most
+``--batch-per-worker`` examples; ``training.precision: bf16`` autocasts the forward pass.
+W is read from Ray Train's context at every start: an elastic run (``--num-workers MIN-MAX``)
+restarts the loop from the latest checkpoint each time its group is resized, and the
+records note the new size.
 Loss statistics are summed on the device and all-reduced only at log steps, so the loop
 does not wait for the host on every step.
 """
@@ -35,7 +40,7 @@ from ncsn_core.checkpoint import CheckpointError
 from ncsn_core.config import Config
 
 from ..data.format import read_manifest
-from ..data.global_batches import GlobalBatches, lognormal_of
+from ..data.global_batches import GlobalBatches, lognormal_of, worker_rows
 from ..data.ingest import WorkerBatches, augment, read_images, step_inputs
 from ..errors import JobFailed
 from ..io.layout import CHECKPOINT_FILE, STEP_FILE, STOPPED_FILE
@@ -75,7 +80,8 @@ class WorkerOptions:
     verbose: bool = False  # keep Ray Train's INFO lines in this worker
     resume_uri: str | None = None  # the newest checkpoint folder that verified when the job started
     config_changes: dict[str, Any] = field(default_factory=dict)  # learning settings changed on resume
-    micro_batches: int = 1  # parts each worker's share of a step is accumulated in (--batch-per-worker)
+    batch_per_worker: int | None = None  # at most this many examples at once (accumulated parts); None: the whole share
+    elastic: bool = False  # the group's size may change (--num-workers MIN-MAX): progress lines name it
     inception_weights: str | None = None  # for training.eval_metric fid
 
 
@@ -182,11 +188,12 @@ def _batch_source(config: Config, opts: WorkerOptions, device: torch.device, ran
     import ray.train
 
     tc, data_cfg = config.training, config.data
-    per_worker = tc.batch_size // world
+    start_row, stop_row = worker_rows(rank, world, tc.batch_size)
+    per_worker = stop_row - start_row
     if opts.in_memory:
         data = Storage.from_uri(opts.data_uri, endpoint_url=opts.endpoint_url)
         images = read_images(data, read_manifest(data)).to(device)
-        batches = GlobalBatches(images, global_batch=per_worker * world, seed=tc.seed,
+        batches = GlobalBatches(images, global_batch=tc.batch_size, seed=tc.seed,
                                 num_levels=draw_levels, rank=rank, world=world,
                                 lognormal=lognormal_of(config))
 
@@ -258,10 +265,14 @@ def _train(loop_config: dict[str, Any]) -> None:
     sigmas = state.sigmas.to(device)
     model = ray.train.torch.prepare_model(state.model, move_to_device=device) if world > 1 else state.model
     objective = make_objective(config, state, teacher)
-    per_worker = tc.batch_size // world
+    start_row, stop_row = worker_rows(rank, world, tc.batch_size)
+    share = stop_row - start_row  # this worker's examples per step
+    loss_weight = share * world / tc.batch_size  # exactly 1.0 when W divides B: the step is unchanged
+    micro_batches = 1 if opts.batch_per_worker is None else -(-share // opts.batch_per_worker)
     next_batch = _batch_source(config, opts, device, rank, world, state.step, objective.draw_levels)
     window = LossWindow(len(objective.bins), device)
-    record = RunRecord(run, config, objective.bins, state.step, opts.tracking, opts.tracking_env) if rank == 0 else None
+    record = RunRecord(run, config, objective.bins, state.step, opts.tracking, opts.tracking_env, workers=world,
+                       show_workers=opts.elastic) if rank == 0 else None
     evals = None
     if rank == 0 and tc.eval_every > 0:
         evals = EvaluationQueue(run, metric=tc.eval_metric, n=tc.eval_n, data_uri=opts.data_uri,
@@ -283,17 +294,19 @@ def _train(loop_config: dict[str, Any]) -> None:
     while state.step < tc.steps:
         x, step_kwargs = next_batch(state.step + 1)
         out = train_step(model, state.optimizer, objective.loss_fn, x, sigmas, ema=state.ema, grad_clip=tc.grad_clip,
-                         micro_batches=opts.micro_batches, precision=tc.precision, **objective.loss_kwargs,
+                         micro_batches=micro_batches, precision=tc.precision, loss_weight=loss_weight,
+                         **objective.loss_kwargs,
                          **step_kwargs)
         state.step += 1
         window.add(out, state.step)
         faults.kill_worker_once(state.step, rank, run, log_line)
+        faults.pace_step()
         checkpoint_due = state.step % tc.checkpoint_every == 0 or state.step >= tc.steps
         if not checkpoint_due and state.step % tc.log_every != 0:
             continue
         stats = window.close(state.step, objective.bins)
         if record is not None:
-            record.log_window(state.step, stats, per_worker * world, state.optimizer.param_groups[0]["lr"])
+            record.log_window(state.step, stats, tc.batch_size, state.optimizer.param_groups[0]["lr"])
             if evals is not None:
                 record.add_evaluations(evals.collect())
         if checkpoint_due:

@@ -94,11 +94,13 @@ class MlflowLog:
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 
     def window(self, step: int, loss: float, per_sigma: Sequence[float | None], images_per_s: float,
-               learning_rate: float) -> None:
+               learning_rate: float, workers: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         values = {"loss": loss, "images_per_s": images_per_s, "learning_rate": learning_rate}
+        if workers is not None:
+            values["workers"] = float(workers)
         for i, (sigma, value) in enumerate(zip(self.sigmas, per_sigma)):
             if value is not None:
                 values[f"loss_per_sigma/L{i:02d}_sigma{sigma:.4g}"] = value

@@ -1,12 +1,16 @@
 """Rank 0's records of a training run, in the run folder and the trackers (:class:`RunRecord`).
 
 * ``metrics.jsonl``: one JSON object per log window (step, loss, loss per sigma, images/s,
-  time), one per finished evaluation (``{"step", "eval"}``) and one per change of settings on
-  resumption (``{"step", "config_change"}``); rewritten whole at each addition (object
-  storage has no append). A resumed run keeps the lines up to its checkpoint's step.
+  time, ``workers``: the size of the worker group that trained it), one per finished
+  evaluation (``{"step", "eval"}``), one per change of settings on resumption
+  (``{"step", "config_change"}``) and one per change of the worker group's size
+  (``{"step", "resize": {"from", "to", "redone_steps", "gap_s"}}``, see :meth:`RunRecord.note_resize`);
+  rewritten whole at each addition (object storage has no append). A resumed run keeps the
+  lines up to its checkpoint's step.
 * ``loss.png``: the loss per noise level over steps and, beside it, the quality scores.
 * ``samples/step_XXXXXXXX.png``: a grid sampled at each checkpoint with the generation sampler.
-* the trackers (:mod:`ncsn_ray.train.tracking`: TensorBoard, MLflow): the same scalars and grids.
+* the trackers (:mod:`ncsn_ray.train.tracking`: TensorBoard, MLflow): the same scalars and grids,
+  and ``workers`` at every window (a resize shows as a step in that curve).
 * the console: one progress line per log window and per evaluation.
 """
 
@@ -48,16 +52,47 @@ class RunRecord:
     ``tracking_env``: the MLflow settings the driver shipped)."""
 
     def __init__(self, run: Storage, config: Config, sigmas: torch.Tensor, start_step: int,
-                 tracking: tuple[str, ...] | list[str] = ("tensorboard",), tracking_env: dict[str, str] | None = None):
+                 tracking: tuple[str, ...] | list[str] = ("tensorboard",), tracking_env: dict[str, str] | None = None,
+                 *, workers: int = 1, show_workers: bool = False):
         self.run, self.config, self.sigmas = run, config, sigmas
+        self.workers, self.show_workers = workers, show_workers
         self.trackers = open_trackers(tracking, run, start_step, sigmas.tolist(), run_name=run.uri.rstrip("/").rsplit("/", 1)[-1],
                                       config=config.to_dict(), env=tracking_env)
         self.lines: list[str] = []
+        dropped: list[dict[str, Any]] = []
         if run.exists(METRICS_FILE):
             kept = [ln for ln in run.read_bytes(METRICS_FILE).decode().splitlines() if ln.strip()]
             self.lines = [ln for ln in kept if json.loads(ln).get("step", 0) <= start_step]
+            dropped = [json.loads(ln) for ln in kept if json.loads(ln).get("step", 0) > start_step]
         self.start_step, self.started = start_step, time.perf_counter()
         self.loop_started_at = time.time()  # wall clock when this attempt's first step began
+        self.note_resize(dropped)
+
+    def note_resize(self, dropped: list[dict[str, Any]]) -> None:
+        """If this attempt's group has another size than the one that trained the newest kept
+        window, record the resize: a ``metrics.jsonl`` line
+        ``{"step", "resize": {"from", "to", "redone_steps", "gap_s"}, "time"}``, the trackers'
+        ``workers`` scalar and a console line. ``redone_steps``: steps the previous group had
+        logged past the checkpoint this attempt starts from (``dropped``, the windows it
+        discards), which are trained again: the work the resize lost, counted to the log
+        window (``training.log_every``). ``gap_s``: seconds from the previous group's last
+        logged window to this attempt's start (the restart's cost; None if nothing was logged)."""
+        windows = [json.loads(ln) for ln in self.lines]
+        windows = [w for w in windows if "workers" in w and "loss" in w] + [w for w in dropped if "workers" in w]
+        if not windows or windows[-1]["workers"] == self.workers:
+            return
+        last = windows[-1]
+        redone = max((w["step"] for w in dropped if "loss" in w), default=self.start_step) - self.start_step
+        gap = round(self.loop_started_at - last["time"], 1) if "time" in last else None
+        entry = {"step": self.start_step, "resize": {"from": last["workers"], "to": self.workers,
+                                                    "redone_steps": redone, "gap_s": gap},
+                 "time": round(self.loop_started_at, 3)}
+        self.note(entry)
+        for tracker in self.trackers:
+            tracker.scalars(self.start_step, {"workers": float(self.workers)})
+        log_line(f"[train] worker group resized from {last['workers']} to {self.workers} workers: resuming at step "
+                 f"{self.start_step + 1} from the checkpoint at step {self.start_step} ({redone} step(s) trained again"
+                 + (f", {gap:.0f} s since the last window" if gap is not None else "") + ")")
 
     def log_window(self, step: int, window: dict[str, Any], global_batch: int, learning_rate: float) -> None:
         tc = self.config.training
@@ -66,14 +101,15 @@ class RunRecord:
         eta = (tc.steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
         record = {"step": step, "loss": round(window["loss"], 6), "loss_per_sigma": window["per_sigma"],
                   "images_per_s": round(images_per_s, 2), "time": round(time.time(), 3),
-                  "loop_started_at": round(self.loop_started_at, 3)}
+                  "loop_started_at": round(self.loop_started_at, 3), "workers": self.workers}
         self.lines.append(json.dumps(record))
         self._save_lines()
         for tracker in self.trackers:
-            tracker.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate)
+            tracker.window(step, window["loss"], window["per_sigma"], images_per_s, learning_rate, workers=self.workers)
         per_sigma = " ".join(f"{v:.3g}" if v is not None else "-" for v in window["per_sigma"])
         log_line(f"[train] step {step}/{tc.steps}  loss {window['loss']:.4f}  {images_per_s:.1f} img/s  "
-             f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
+                 + (f"{self.workers} workers  " if self.show_workers else "")
+                 + f"eta {format_seconds(eta)}  loss/sigma {per_sigma}")
 
     def add_evaluations(self, records: list[dict[str, Any]]) -> None:
         """Finished checkpoint evaluations: a ``metrics.jsonl`` line, a log line and tracker scalars each."""

@@ -10,8 +10,8 @@ tells TensorBoard to drop whatever an earlier attempt logged past step k: a rest
 crash therefore shows no step twice.
 
 What is logged, at every log window: ``loss`` (the window's mean, weighted as trained),
-``loss_per_sigma/L{i}_sigma{value}`` (one per noise level), ``images_per_s`` and
-``learning_rate``; at every checkpoint: the preview grid as ``samples``. Steps are
+``loss_per_sigma/L{i}_sigma{value}`` (one per noise level), ``images_per_s``,
+``learning_rate`` and ``workers`` (the worker group's size: an elastic run's resizes); at every checkpoint: the preview grid as ``samples``. Steps are
 optimisation steps.
 
 Events are written to a local temporary file, copied whole into the run folder after every
@@ -95,8 +95,9 @@ class TensorBoardLog:
         self.writer.write_event(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def window(self, step: int, loss: float, per_sigma: Sequence[float | None], images_per_s: float,
-               learning_rate: float) -> None:
-        """The scalars of one log window, then a copy of the event file into the run folder."""
+               learning_rate: float, workers: int | None = None) -> None:
+        """The scalars of one log window (``workers``: the size of the group that trained it),
+        then a copy of the event file into the run folder."""
         from tensorboardX.summary import scalar
 
         self._write(step, scalar("loss", loss))
@@ -105,6 +106,8 @@ class TensorBoardLog:
                 self._write(step, scalar(f"loss_per_sigma/L{i:02d}_sigma{sigma:.4g}", value))
         self._write(step, scalar("images_per_s", images_per_s))
         self._write(step, scalar("learning_rate", learning_rate))
+        if workers is not None:
+            self._write(step, scalar("workers", float(workers)))
         self.sync()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
