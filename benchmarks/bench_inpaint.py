@@ -54,11 +54,13 @@ def quiet(_line: str) -> None:
     pass
 
 
-def sampler_rows(method: str, steps: int | None) -> dict[str, list[str]]:
-    """``{row name: --set overrides}``: the config's sampler, the other fast samplers at about its
-    budget of ``2 (steps - 1) + 1`` evaluations, and annealed Langevin at the config's T."""
+def sampler_rows(config_overrides: list[str], steps: int | None) -> dict[str, list[str]]:
+    """``{row name: --set overrides}``: the config's inpainting sampler (``config_overrides``: its
+    ``inpainting`` section as flags, so that generation's speed is measured with the same
+    sampler), the other fast samplers at about its budget of ``2 (steps - 1) + 1`` evaluations
+    (less any identical to the config's), and annealed Langevin at the config's T."""
     n = steps or 18
-    rows = {"config": []}
+    rows = {"config": config_overrides}
     candidates = {
         "euler": ["sampling.method=euler", f"sampling.steps={2 * n - 1}"],  # 2n - 2 steps + the final denoise
         "heun": ["sampling.method=heun", "sampling.churn=0"],
@@ -68,7 +70,7 @@ def sampler_rows(method: str, steps: int | None) -> dict[str, list[str]]:
                       "sampling.snr=0.5"],
     }
     for name, overrides in candidates.items():
-        if name != method:
+        if set(overrides) != set(config_overrides):
             rows[name] = overrides
     rows["annealed_langevin"] = ["sampling.method=annealed_langevin"]
     return rows
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, help="copy the config sampler's figure (first mask) here")
     args = parser.parse_args(argv)
 
-    setup = resolve_sampling(InpaintOptions(data=args.data, checkpoint=args.checkpoint))
-    rows = sampler_rows(setup.settings.method, setup.settings.steps)
+    setup = resolve_sampling(InpaintOptions(data=args.data, checkpoint=args.checkpoint), inpaint=True)
+    own = setup.checkpoint.config.inpainting.settings() or {"method": setup.checkpoint.config.sampling.method}
+    rows = sampler_rows([f"sampling.{key}={value}" for key, value in own.items()], setup.settings.steps)
     if args.rows:
         wanted = args.rows.split(",")
         unknown = [r for r in wanted if r not in rows]

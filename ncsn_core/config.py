@@ -1,7 +1,8 @@
 """Typed, validated experiment configuration loaded from YAML.
 
-A config file has up to seven top-level keys: ``name`` and the sections ``data``, ``model``,
-``noise``, ``training``, ``sampling`` and, for a consistency model distilled from a score model,
+A config file has up to eight top-level keys: ``name`` and the sections ``data``, ``model``,
+``noise``, ``training``, ``sampling``, optionally ``inpainting`` (sampler settings inpainting
+uses instead of ``sampling``'s) and, for a consistency model distilled from a score model,
 ``consistency`` (see the dataclasses below for every key, its type,
 default and meaning). Files are read with ``yaml.safe_load``. An unknown key, a wrong type
 or an out-of-range value raises :class:`ConfigError` naming the file and the key.
@@ -35,6 +36,7 @@ __all__ = [
     "NoiseConfig",
     "TrainingConfig",
     "SamplingConfig",
+    "InpaintingConfig",
     "ConsistencyConfig",
     "load_config",
     "config_from_dict",
@@ -138,6 +140,29 @@ class SamplingConfig:
 
 
 @dataclass
+class InpaintingConfig:
+    """Sampler settings inpainting uses in place of ``sampling``'s (``jobs/generate.py --mode
+    inpaint``); a key left null is ``sampling``'s own. A sampler that draws the best
+    unconditional samples need not complete a masked image best: on the digits default EDM's
+    churned Heun steps leave the unknown pixels short of agreeing with the known ones, where a
+    predictor-corrector's Langevin corrector pulls them there at the same NFE (docs/guide/
+    generation.md). Flags still win: ``--set sampling.method=annealed_langevin`` inpaints as the
+    paper does whatever this section says."""
+
+    method: Union[str, None] = None
+    steps: Union[int, None] = None
+    schedule: Union[str, None] = None
+    churn: Union[float, None] = None
+    predictor: Union[str, None] = None
+    corrector_steps: Union[int, None] = None
+    snr: Union[float, None] = None
+
+    def settings(self) -> dict[str, Any]:
+        """The keys that are set: ``{sampling key: value}``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
 class ConsistencyConfig:
     """A consistency model distilled from a score model (``jobs/distill.py``;
     :mod:`ncsn_core.consistency`). ``teacher`` None: the config is a score model's."""
@@ -162,6 +187,7 @@ class Config:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    inpainting: InpaintingConfig = field(default_factory=InpaintingConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     @property
@@ -171,12 +197,25 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of Python primitives (safe for ``torch.load(weights_only=True)``).
-        A score model's omits the ``consistency`` section (its defaults), so that configs and
-        checkpoints written before it existed compare equal."""
+        A score model's omits the ``consistency`` section (its defaults), and a config without
+        inpainting settings the ``inpainting`` section, so that configs and checkpoints written
+        before they existed compare equal."""
         out = dataclasses.asdict(self)
         if not self.is_consistency:
             out.pop("consistency")
+        if not self.inpainting.settings():
+            out.pop("inpainting")
         return out
+
+    def for_inpainting(self) -> "Config":
+        """This config with the ``inpainting`` section's settings in ``sampling`` (itself when it has none)."""
+        settings = self.inpainting.settings()
+        if not settings:
+            return self
+        raw = self.to_dict()
+        raw.pop("inpainting")
+        raw["sampling"].update(settings)
+        return config_from_dict(raw, "the config's inpainting section")
 
     def has_auto(self) -> bool:
         """Whether some value is still ``auto`` (see :func:`resolve_auto`)."""
@@ -212,6 +251,11 @@ class Config:
         _check(source, "training.eval_metric", self.training.eval_metric, ("digits", "fid"))
         self._validate_sampler(source)
         self._validate_consistency(source)
+        if self.inpainting.settings():
+            try:
+                self.for_inpainting()
+            except ConfigError as err:
+                raise ConfigError(f"{source}: inpainting: {err}") from None
         positive = {
             "data.image_size": self.data.image_size,
             "data.channels": self.data.channels,

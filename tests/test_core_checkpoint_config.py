@@ -175,3 +175,19 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(config, ["training.steps"])
     with pytest.raises(ConfigError, match="training.steps must be of type int"):
         apply_overrides(config, ["training.steps=many"])
+
+
+def test_inpainting_settings_replace_samplings_for_completions_only(tmp_path):
+    shipped = load_config(Path(__file__).resolve().parents[1] / "ncsn_ray" / "configs" / "digits.yaml")
+    completions = shipped.for_inpainting()
+    assert shipped.sampling.method == "edm" and completions.sampling.method == "pc"
+    assert (completions.sampling.snr, completions.sampling.corrector_steps) == (0.5, 1)
+    assert completions.sampling.steps == shipped.sampling.steps and completions.sampling.final_denoise
+    assert "inpainting" not in completions.to_dict() and shipped.to_dict()["inpainting"]["method"] == "pc"
+    plain = config_from_dict({})
+    assert "inpainting" not in plain.to_dict() and plain.for_inpainting() is plain  # old checkpoints compare equal
+    for section, message in (({"snr": -1.0}, "inpainting: .*sampling.snr must be a positive number"),
+                             ({"method": "rk4"}, "inpainting: .*sampling.method must be one of"),
+                             ({"steps": "many"}, "inpainting.steps must be of type int")):
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"inpainting": section}, "x.yaml")

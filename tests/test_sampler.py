@@ -127,3 +127,19 @@ def test_a_fast_sampler_refuses_annealed_langevins_renoise_option():
     known, mask = _known(1)
     with pytest.raises(UserError, match="annealed Langevin's"):
         sampler.inpaint([1], known, mask, renoise="step")
+
+
+def test_inpainting_samples_with_the_configs_inpainting_settings_and_flags_win(tmp_path):
+    from ncsn_ray.sample.job import SamplingOptions, resolve_sampling
+    from support.data import TINY_RUN_CONFIG, make_tiny_run
+
+    run = tmp_path / "run"
+    make_tiny_run(run, steps=1, config={**TINY_RUN_CONFIG,
+                                        "inpainting": {"method": "pc", "corrector_steps": 1, "snr": 0.5}})
+    generating = resolve_sampling(SamplingOptions(checkpoint=str(run)))
+    inpainting = resolve_sampling(SamplingOptions(checkpoint=str(run)), inpaint=True)
+    assert generating.settings.method == "annealed_langevin" and inpainting.settings.method == "pc"
+    assert inpainting.settings.snr == 0.5
+    paper = resolve_sampling(SamplingOptions(checkpoint=str(run), overrides=["sampling.method=annealed_langevin"]),
+                             inpaint=True)
+    assert paper.settings.method == "annealed_langevin"

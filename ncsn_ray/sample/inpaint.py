@@ -4,8 +4,9 @@
 rows of the dataset (positions in its shard order); each (image id, k) has its own seed, so
 the result does not depend on K, the shard size or the actor count for a given pair.
 
-The sampler is the checkpoint config's own (``sampling.method``), as generation's: a fast
-one holds the known pixels at every noise level it reaches
+The sampler is the checkpoint config's own: its ``inpainting`` settings over its ``sampling``
+ones (the digits default inpaints with a predictor-corrector where it generates with EDM),
+then any ``--set sampling.*`` flag over both. A fast one holds the known pixels at every noise level it reaches
 (:class:`ncsn_core.inpainting.KnownPixels`) at generation's cost in network evaluations;
 ``--set sampling.method=annealed_langevin`` inpaints as the paper does (``L T`` evaluations).
 On 8x8 grey images the job scores the set (:mod:`ncsn_ray.evaluate.inpaint_quality`: label
@@ -112,7 +113,7 @@ def run(options: InpaintOptions, *, log: Callable[[str], None] = print) -> dict[
         raise UserError(f"the image limit must be at least 1, got {options.limit}")
     if options.renoise not in ("level", "step"):
         raise UserError(f"renoise must be level or step, got {options.renoise!r}")
-    setup = resolve_sampling(options)
+    setup = resolve_sampling(options, inpaint=True)
     if setup.settings.fast and options.renoise != "level":
         raise UserError(f"--renoise {options.renoise} is annealed Langevin's; sampling.method={setup.settings.method} "
                         "draws fresh noise for the known pixels after every update: drop --renoise, or add "

@@ -102,8 +102,10 @@ class SampleJob:
     manifest_extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
-    """Check the shared options and pin the checkpoint (reads it once, verifies it)."""
+def resolve_sampling(options: SamplingOptions, *, inpaint: bool = False) -> SamplingSetup:
+    """Check the shared options and pin the checkpoint (reads it once, verifies it).
+    ``inpaint``: the sampler is the config's ``inpainting`` settings over ``sampling``'s, and
+    ``options.overrides`` over both."""
     if options.seed < 0:
         raise UserError(f"seed must be non-negative, got {options.seed}")
     if options.shard_size is not None and options.shard_size < 1:
@@ -133,7 +135,8 @@ def resolve_sampling(options: SamplingOptions) -> SamplingSetup:
     checkpoint, pinned = pin_checkpoint(pin_uri, endpoint_url=endpoint)
     if checkpoint.config.model.kind == "toy_mlp":
         raise UserError(f"{pinned.uri}: a toy model; sampling jobs need an image model")
-    config = override_sampling(checkpoint.config, options.overrides, steps_per_level=options.steps_per_level)
+    config = checkpoint.config.for_inpainting() if inpaint else checkpoint.config
+    config = override_sampling(config, options.overrides, steps_per_level=options.steps_per_level)
     if options.steps_per_level is not None and config.sampling.method != "annealed_langevin":
         raise UserError(f"--steps-per-level sets annealed Langevin's T; sampling.method={config.sampling.method} "
                         "takes its number of sigmas from sampling.steps (e.g. --set sampling.steps=6)")

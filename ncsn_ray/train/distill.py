@@ -90,6 +90,7 @@ def student_config(teacher_uri: str, recipe: str, overrides: list[str], *, endpo
     raw["training"] = {**raw["training"], "loss": "dsm", "sigma_draw": "ladder",
                        **raw_recipe.get("training", {})}
     raw["sampling"] = {**raw["sampling"], **raw_recipe.get("sampling", {})}
+    raw.pop("inpainting", None)  # a student inpaints with its own (consistency) sampler
     raw["consistency"] = {**raw_recipe.get("consistency", {}), "teacher": pinned.uri,
                           "teacher_sha256": pinned.sha256, "teacher_step": pinned.step}
     raw["name"] = f"{tc.name}-distilled"

@@ -70,9 +70,10 @@ def write_sample_set(storage: Storage, images: np.ndarray, *, shard_size: int = 
         write_sample_manifest(storage, spec, units, image_shape=(c, *images.shape[1:3]))
 
 
-def make_tiny_run(run: Path, steps: int = 3) -> Path:
-    """Train :data:`TINY_RUN_CONFIG` for a few DSM steps on digits; save ``run/checkpoint_000001``."""
-    config = config_from_dict(TINY_RUN_CONFIG)
+def make_tiny_run(run: Path, steps: int = 3, config: dict | None = None) -> Path:
+    """Train ``config`` (default :data:`TINY_RUN_CONFIG`) for a few DSM steps on digits; save
+    ``run/checkpoint_000001``."""
+    config = config_from_dict(config or TINY_RUN_CONFIG)
     torch.manual_seed(0)
     model = build_model(config)
     sigmas = geometric_sigmas(1.0, 0.01, 3)
