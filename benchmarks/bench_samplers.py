@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated methods to run (default: all)")
     parser.add_argument("--extra", action="append", default=[],
                         help="one more setting, as space-separated sampling.key=value overrides")
+    parser.add_argument("--student", default=None, help="a run distilled from --checkpoint (jobs/distill.py): its "
+                        "K = 1-4 steps join the table and the plot as the consistency model's points")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--plot", default=None, help="write the FD-ratio-against-NFE plot to this PNG")
     parser.add_argument("--json", default=None, help="write every row to this JSON file")
@@ -137,7 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['setting'][:52]:52s} {row['nfe']:5d} {row['samples_per_s']:7.1f} {row['efficiency']:5.2f} "
               f"{cell(row, 'fd_ratio', 2):>13s} {cell(row, 'precision'):>13s} {cell(row, 'recall'):>13s} "
               f"{row['confidence']:6.3f} {100 * row['max_class_share']:6.1f}%", flush=True)
-    best, cheapest = pick(rows)
+    if args.student:
+        for overrides in [[f"sampling.steps={k}"] for k in (1, 2, 3, 4)]:
+            row = measure(args.student, overrides, args.n, args.seed_sets)
+            row["method"], row["setting"] = "consistency", f"distilled: consistency steps={row['nfe']}"
+            row["efficiency"] = round(row["samples_per_s"] * row["nfe"] / bare, 3)
+            row["student"] = True
+            rows.append(row)
+            print(f"{row['setting'][:52]:52s} {row['nfe']:5d} {row['samples_per_s']:7.1f} {row['efficiency']:5.2f} "
+                  f"{cell(row, 'fd_ratio', 2):>13s} {cell(row, 'precision'):>13s} {cell(row, 'recall'):>13s} "
+                  f"{row['confidence']:6.3f} {100 * row['max_class_share']:6.1f}%", flush=True)
+    best, cheapest = pick([r for r in rows if not r.get("student")])
     summary = {"machine": facts, "checkpoint": setup.pinned.uri, "kind": kind, "levels": levels, "n": args.n,
                "bare_img_per_s": round(bare, 1), "mflop_per_img": round(flops / 1e6, 2),
                "best_annealed_langevin": best, "cheapest_within_10pct": cheapest, "rows": rows}
@@ -168,6 +180,8 @@ def _series(row: dict) -> str:
     """One plotted line per sampler family: the method, with its predictor or schedule."""
     parts = dict(o.removeprefix("sampling.").split("=", 1) for o in row["set"])
     method = row["method"]
+    if method == "consistency":
+        return "consistency model (distilled)"
     if method == "annealed_langevin":
         return "annealed Langevin"
     if method == "pc":

@@ -124,6 +124,37 @@ def test_the_student_samples_with_k_evaluations_from_its_seeds_alone(straight_st
         assert len(calls) == k == sampler.nfe_per_sample, (k, calls)
 
 
+@pytest.mark.timeout(300)
+def test_the_student_inpaints_in_k_evaluations_keeping_the_known_pixels(straight_student):
+    checkpoint = load_checkpoint(straight_student / "checkpoint_00000006" / "checkpoint.pt")
+    network = checkpoint.build_model()
+    calls = []
+    hook = network.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    sampler = Sampler(network, checkpoint.sigmas, SamplerSettings.from_config(checkpoint.config), (1, 8, 8))
+    known = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(3)).float() / 255
+    mask = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    mask[..., :4] = True
+    completed = sampler.inpaint([5, 6, 7], known, mask)  # (B, H, W, C) uint8
+    hook.remove()
+    assert len(calls) == sampler.nfe_per_inpainting == checkpoint.config.sampling.steps == 2
+    expected = (known.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    held = mask.permute(0, 2, 3, 1)
+    assert torch.equal(torch.as_tensor(completed)[held], expected[held])
+    assert not torch.equal(torch.as_tensor(completed)[~held], expected[~held])
+
+
+@pytest.mark.timeout(300)
+def test_the_sampler_search_on_a_student_tries_k_steps_and_each_costs_k(straight_student):
+    from ncsn_ray.tune.job import TuneOptions, plan
+
+    setup, settings, costs = plan(TuneOptions(checkpoint=str(straight_student), n=8))
+    assert settings[0] == [] and costs[0] == setup.checkpoint.config.sampling.steps  # the run's own setting first
+    assert all("sampling.method=consistency" in s for s in settings[1:]) and len(settings) > 4
+    for setting, cost in zip(settings[1:], costs[1:]):
+        assert f"sampling.steps={cost}" in setting, (setting, cost)
+    assert {1, 2, 3, 4} <= set(costs)
+
+
 def _fake_checkpoint(path, **config_sections):
     """A checkpoint file of an untrained network with the tiny config changed by ``config_sections``."""
     raw = yaml.safe_load(write_tiny_config(path.parent, **UNET).read_text())

@@ -38,7 +38,7 @@ from ncsn_core.config import Config
 from ncsn_core.fast_sampling import FAST_SAMPLERS, nfe_per_sample
 from ncsn_core.inpainting import MASK_KINDS, KnownPixels
 from ncsn_core.model import unwrap_model
-from ncsn_core.schedules import make_schedule
+from ncsn_core.schedules import edm_schedule, make_schedule
 from ncsn_core.sampling import clamp_
 from ncsn_core.sigma_score import sigma_score_fn
 
@@ -157,12 +157,17 @@ class SamplerSettings:
             return self
         return replace(self, steps_per_level=steps_per_level, eps=self.eps * self.steps_per_level / steps_per_level)
 
-    def schedule_for(self, ladder: torch.Tensor) -> torch.Tensor:
+    def schedule_for(self, ladder: torch.Tensor, sigma_min: float | None = None) -> torch.Tensor:
         """The sigmas a fast sampler walks for a network trained on ``ladder`` ``(L,)``. The
-        consistency sampler's K sigmas are the first K of the schedule's K + 1 points from
-        sigma_1 to sigma_L (the last, sigma_L, is where the teacher's sampler ends; re-noising
-        to it would change nothing): K = 2 on the digits' ladder gives 4.81 and 0.83."""
+        consistency sampler's K sigmas (``sigma_min``: the student's boundary epsilon) are the
+        first K of a (K + 1)-point schedule from sigma_1 down to epsilon, the end of the
+        trajectories the student maps to (the paper's Algorithm 1 re-noises to points of the
+        same discretisation): K = 2 on the digits gives 4.81 and 0.27 (rho 7); ``schedule:
+        ladder`` takes them from the trained ladder instead."""
         if self.method == "consistency":
+            if self.schedule == "edm" and sigma_min is not None:
+                return edm_schedule(self.steps + 1, sigma_min, float(ladder[0]), rho=self.rho,
+                                    dtype=ladder.dtype, device=ladder.device)[:-1]
             return make_schedule(self.schedule, ladder, self.steps + 1, rho=self.rho)[:-1]
         return make_schedule(self.schedule, ladder, self.steps, rho=self.rho)
 
@@ -228,13 +233,12 @@ class Sampler:
         if (settings.method == "consistency") != (getattr(network, "any_sigma", None) == "consistency"):
             raise UserError(f"sampling.method={settings.method}: a consistency model (made by jobs/distill.py) samples "
                             "with sampling.method=consistency, and only it does")
-        if settings.method == "consistency":
-            self.sigma_min = network.sigma_min
-        elif settings.fast:
+        self.sigma_min = network.sigma_min if settings.method == "consistency" else None  # the student's epsilon
+        if settings.fast and settings.method != "consistency":
             self.sigma_score_fn = sigma_score_fn(network, self.score_fn, self.sigmas)
         if settings.fast:
             try:
-                self.schedule = settings.schedule_for(self.sigmas)
+                self.schedule = settings.schedule_for(self.sigmas, self.sigma_min)
             except ValueError as err:
                 raise UserError(f"sampler settings: {err}") from err
 

@@ -40,7 +40,7 @@ from ..io.storage import Storage, endpoint_from_env, utc_timestamp
 from ..sample.job import SamplingOptions, resolve_sampling
 from ..sample.sample_set import FolderState, make_job_spec, open_sample_set
 from .front import RECALL_MARGIN, pareto_front, recommend
-from .space import candidate_settings, method_of, setting_label, setting_nfe
+from .space import candidate_settings, consistency_settings, method_of, setting_label, setting_nfe
 from .trial import METRICS
 
 __all__ = ["TuneOptions", "run", "FRONT_PLOT", "TRIALS"]
@@ -106,8 +106,11 @@ def plan(options: TuneOptions) -> tuple[Any, list[list[str]], list[int]]:
         raise UserError(f"{setup.pinned.uri}: the digits metric scores 8x8 grey images, this checkpoint models "
                         f"{'x'.join(map(str, setup.image_shape))} (CxHxW); use --metric fid or kid")
     levels = setup.num_levels
-    candidates = candidate_settings(config.model.kind, levels, size=options.size,
-                                    config_method=config.sampling.method)
+    if config.is_consistency:
+        candidates = consistency_settings(size=options.size)
+    else:
+        candidates = candidate_settings(config.model.kind, levels, size=options.size,
+                                        config_method=config.sampling.method)
     costs = [setting_nfe(s, levels=levels, config=config) for s in candidates]
     if options.budget_nfe is not None:
         cheapest = min(costs)

@@ -12,13 +12,17 @@ depends on the network (:func:`candidate_settings`):
 * the predictor-corrector along the ladder (score_sde's reverse-diffusion predictor, or an Euler or Heun
   step of the probability-flow ODE), C corrector steps at several signal-to-noise ratios;
 * EDM's stochastic sampler (churn) on the rho-schedule (networks with a score at any sigma: NCSNv2, mlp).
+
+A consistency model (``jobs/distill.py``) has one sampler, multistep consistency sampling:
+its settings are the number of steps K (= NFE) and the rho of the schedule its K sigmas come
+from (:func:`consistency_settings`).
 """
 
 from __future__ import annotations
 
 from ncsn_core.model import ANY_SIGMA_KINDS
 
-__all__ = ["candidate_settings", "setting_nfe", "setting_label", "method_of"]
+__all__ = ["candidate_settings", "consistency_settings", "setting_nfe", "setting_label", "method_of"]
 
 ALD = "sampling.method=annealed_langevin"
 
@@ -56,6 +60,19 @@ def candidate_settings(kind: str, levels: int, *, size: str = "quick",
             for churn in _size(size, (3, 10), (1, 3, 5, 10, 40)):
                 rows.append(["sampling.method=edm", "sampling.schedule=edm", f"sampling.steps={n}",
                              f"sampling.churn={churn}", "sampling.final_denoise=true"])
+    return rows
+
+
+def consistency_settings(*, size: str = "quick") -> list[list[str]]:
+    """Settings for a consistency model: the checkpoint's own first, then K steps (K = NFE) on
+    EDM's rho-schedule at a few rho (larger rho puts the re-noising sigmas lower). ``quick``:
+    K 1-4 at rho 7 and K 2-3 at rho 3 and 12 (9 settings); ``full``: K 1-8 at rho 3, 7 and 12."""
+    rows: list[list[str]] = [[]]
+    grid = ([(k, 7.0) for k in (1, 2, 3, 4)] + [(k, rho) for rho in (3.0, 12.0) for k in (2, 3)]
+            if size == "quick" else [(k, rho) for rho in (3.0, 7.0, 12.0) for k in range(1, 9)])
+    for k, rho in grid:
+        rows.append(["sampling.method=consistency", "sampling.schedule=edm", f"sampling.steps={k}",
+                     f"sampling.rho={rho:g}"])
     return rows
 
 
