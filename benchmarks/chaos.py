@@ -8,7 +8,7 @@ job's message tells a user to; at most 3 re-runs), and then checks what users re
 * generation: the sample set is complete with exactly n seeds, none lost or duplicated, and
   every shard's bytes equal those of an undisturbed run;
 * training: the final checkpoint's weights, EMA and Adam state are bit-identical to an
-  uninterrupted run's (SHA-256 digests); for an elastic run whose worker count changed,
+  uninterrupted run's (SHA-256 digests); for an elastic run whose worker count changed or differs from the reference's,
   equal to float tolerance (:data:`TOLERANCE`, the largest difference of any weight or EMA
   weight; Adam's step count exactly), since DDP sums in another order for another count.
 
@@ -230,6 +230,7 @@ class Rig:
         run = Storage.from_uri(self.uri("train", "reference", "tiny"))
         self.reference_bytes = run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt")
         self.reference_digests = training_state_digests(self.reference_bytes)
+        self.reference_workers = worker_counts(run)
 
     def worker_nodes(self) -> list:
         return [n for n in self.cluster.list_all_nodes() if n is not self.cluster.head_node]
@@ -333,6 +334,12 @@ def check_generation(rig: Rig, out: str, outcome: Outcome) -> None:
                          and all(storage.read_bytes(n) == reference.read_bytes(n) for n in names))
 
 
+def worker_counts(run) -> set[int]:
+    """The worker-group sizes that trained a run's logged windows (``metrics.jsonl``)."""
+    lines = [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
+    return {line["workers"] for line in lines if "loss" in line}
+
+
 def check_training(rig: Rig, out: str, outcome: Outcome) -> None:
     from ncsn_core import load_checkpoint
     from ncsn_ray.io.storage import Storage
@@ -343,7 +350,8 @@ def check_training(rig: Rig, out: str, outcome: Outcome) -> None:
     digests = training_state_digests(final)
     lines = [json.loads(line) for line in run.read_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
     outcome.resizes = [[r["resize"]["from"], r["resize"]["to"]] for r in lines if "resize" in r]
-    if not outcome.resizes:  # one worker count throughout: bit identity, as for a fixed group
+    if not outcome.resizes and worker_counts(run) == rig.reference_workers:
+        # the reference's worker count throughout: bit identity, as for a fixed group
         outcome.identical = digests == rig.reference_digests
         if not outcome.identical:
             outcome.detail = "differs in " + ", ".join(k for k in digests if digests[k] != rig.reference_digests[k])

@@ -149,7 +149,7 @@ def broken_configs(draw) -> tuple[dict, str]:
     if kind == "unknown_section":
         name = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
                     .filter(lambda n: n not in ("name", "data", "model", "noise", "training", "sampling",
-                                                "consistency")))
+                                                "inpainting", "consistency")))
         raw[name] = draw(st.integers())
         return raw, name
     if kind == "bad_name":
@@ -162,7 +162,8 @@ def broken_configs(draw) -> tuple[dict, str]:
         raw[section] = draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)))
         return raw, section
     if kind == "unknown_key":
-        section = draw(st.sampled_from(["data", "model", "noise", "training", "sampling", "consistency"]))
+        section = draw(st.sampled_from(["data", "model", "noise", "training", "sampling", "inpainting",
+                                        "consistency"]))
         key = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
                    .filter(lambda k: f"{section}.{k}" not in FIELDS))
         raw.setdefault(section, {})[key] = draw(st.integers())

@@ -36,6 +36,7 @@ def _node_of(node_hex: str, cluster):
     return next(n for n in cluster.list_all_nodes() if n.node_id == node_hex)
 
 
+@pytest.mark.slow  # CI covers a lost training node in test_elastic.py (a node removed under the group, the run ends as a fixed one); run with -m slow
 @pytest.mark.timeout(900)
 def test_removing_the_node_that_runs_the_training_worker_resumes_elsewhere(digits_local, tmp_path, monkeypatch):
     """A training node goes away mid-run (``Cluster.remove_node`` on the node the worker runs
@@ -96,6 +97,7 @@ def _seeds_and_pngs(folder) -> dict[int, bytes]:
     return rows
 
 
+@pytest.mark.slow  # CI covers it in test_a_generation_pool_grows_as_nodes_join_and_goes_on_when_one_is_lost (a node with an actor removed mid-job); run with -m slow
 @pytest.mark.timeout(900)
 def test_removing_a_node_that_hosts_a_sampling_actor_loses_and_duplicates_nothing(tmp_path):
     import ray

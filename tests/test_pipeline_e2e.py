@@ -2,11 +2,13 @@
 
 A real S3 API on loopback (moto) and a local Ray cluster (``ray start --head`` on 127.0.0.1
 with token authentication); every step goes through ``ray job submit``: prepare digits into
-the bucket, train a few steps, generate a few dozen samples, inpaint a few images, evaluate
-(with an Inception weights file made in the test: the real weights cannot be downloaded
+the bucket, train a few steps, generate a few dozen samples, evaluate (with an Inception
+weights file made in the test: the real weights cannot be downloaded
 here, so the scores only prove the plumbing). Then an independent client (boto3 plus
 pyarrow reading the objects' bytes, not the project's storage module) checks every
 artefact in the bucket, and an unauthenticated request to the job API is refused.
+Inpainting (the same sampling job with ``--mode inpaint``) is tested through the job's
+command line and its actor pool in test_generate.py; it is left out here to keep CI short.
 
 Credentials reach the cluster the way they reach a real node: in the environment of
 ``ray start``. The endpoint (not a secret) goes in the job's runtime env.
@@ -48,7 +50,7 @@ def _png(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.timeout(1500)
-def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucket, tmp_path, inception_weights_file):
+def test_prepare_train_generate_evaluate_through_ray_job_submit(s3_bucket, tmp_path, inception_weights_file):
     bucket, endpoint = s3_bucket
     root = f"s3://{bucket}"
     config = write_tiny_config(tmp_path)
@@ -59,9 +61,6 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
          "--storage", f"{root}/runs", "--name", "e2e", "--steps", "4", "--checkpoint-every", "2"],
         ["python", "jobs/generate.py", "--checkpoint", f"{root}/runs/e2e", "--n", str(N_SAMPLES),
          "--out", f"{root}/samples/e2e", "--shard-size", "10", "--num-actors", "1"],
-        ["python", "jobs/generate.py", "--mode", "inpaint", "--checkpoint", f"{root}/runs/e2e",
-         "--data", f"{root}/data/digits", "--out", f"{root}/inpaint/e2e", "--mask", "half",
-         "--samples-per-image", "2", "--limit", "3", "--num-actors", "1"],
         ["python", "jobs/evaluate.py", "--samples", f"{root}/samples/e2e", "--reference", f"{root}/data/digits",
          "--metrics", "fid,isc,kid", "--inception-weights", str(inception_weights_file),
          "--reference-limit", "48"],
@@ -105,16 +104,6 @@ def test_prepare_train_generate_inpaint_evaluate_through_ray_job_submit(s3_bucke
     assert all(_png(r["image"]).shape == (8, 8) for r in sample_rows)
     assert sample_manifest["count"] == N_SAMPLES and sum(s["num_rows"] for s in sample_manifest["shards"]) == N_SAMPLES
     assert "samples/e2e/_grid.png" in samples
-
-    inpaint = read_objects(client, bucket, "inpaint/e2e/")
-    assert json.loads(inpaint["inpaint/e2e/_manifest.json"])["count"] == 3
-    inpaint_rows = _parquet_rows(inpaint)
-    assert [row["id"] for row in inpaint_rows] == [0, 1, 2]
-    for row in inpaint_rows:
-        occluded, original = _png(row["occluded"]), _png(row["original"])
-        assert np.array_equal(occluded[:, :4], original[:, :4])  # the known (left) half
-        for painted in row["inpaintings"]:
-            assert np.array_equal(_png(painted)[:, :4], original[:, :4])
 
     scores = json.loads(samples["samples/e2e/_scores.json"])
     assert (scores["num_samples"], scores["num_reference"]) == (N_SAMPLES, 48)

@@ -30,6 +30,7 @@ train_main = load_job("train").main
 pytestmark = [pytest.mark.ray]
 
 
+@pytest.mark.slow  # CI covers S3 data and checkpoints in test_pipeline_e2e.py and S3 resumption in test_reliability_jobs.py; run with -m slow
 @pytest.mark.timeout(400)
 def test_prepare_on_s3_train_with_s3_checkpoints_and_resume(ray_local, s3_bucket, tmp_path, capsys):
     bucket, endpoint = s3_bucket
@@ -114,6 +115,7 @@ def test_a_resumed_or_restarted_run_ends_bit_identical_to_an_uninterrupted_one(s
             assert curves[tag] == straight_curves[tag], (name, tag)
 
 
+@pytest.mark.slow  # CI covers a changed worker count in test_elastic.py (2, 3, then 2 workers end as a fixed run); run with -m slow
 @pytest.mark.timeout(400)
 def test_resuming_with_two_workers_trains_on_the_same_global_batches(straight_run, digits_local, tmp_path, monkeypatch):
     config = write_tiny_config(tmp_path)
@@ -152,8 +154,16 @@ def test_two_workers_accumulating_micro_batches_train_as_one_worker_on_the_whole
         difference = (accumulated.model_state[name] - tensor).abs().max().item()
         assert difference < 1e-5, f"{name} differs by {difference:.2e} from one worker on the whole batch"
 
-    assert train_main([*common, "--steps", "8", "--batch-per-worker", "5"]) == 2  # 5 does not divide 32
-    assert train_main([*common, "--steps", "8", "--num-workers", "3"]) == 2  # 32 does not split over 3
+    # Shares and parts that do not divide: 32 over 3 workers is 10, 11, 11, each accumulated in
+    # parts of at most 5 (4+3+3, 4+4+3, ...), each part's loss weighted by its size: the same step.
+    uneven = [*common[:5], str(tmp_path / "uneven"), *common[6:], "--cpus-per-worker", "0.5"]
+    assert train_main([*uneven, "--steps", "8", "--num-workers", "3", "--batch-per-worker", "5"]) == 0
+    shared = load_checkpoint(tmp_path / "uneven" / "tiny" / "checkpoint_00000008" / "checkpoint.pt")
+    for name, tensor in straight.model_state.items():
+        difference = (shared.model_state[name] - tensor).abs().max().item()
+        assert difference < 1e-5, f"{name} differs by {difference:.2e} with uneven shares and parts"
+    # What cannot be shared is refused before anything starts.
+    assert train_main([*uneven, "--steps", "8", "--num-workers", "33"]) == 2  # 33 workers, 32 examples
 
 
 @pytest.mark.timeout(400)

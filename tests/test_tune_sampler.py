@@ -113,6 +113,7 @@ def _finished_trials(experiment: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow  # about 2 minutes; CI runs a whole search in test_search_reports_a_monotone_front...; run with -m slow
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_an_interrupted_search_resumes_and_keeps_every_finished_trial(tiny_run, tmp_path):
