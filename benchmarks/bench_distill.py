@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="digits", help="the teacher's shipped config when it is trained here")
     p.add_argument("--teacher", default=None, help="a trained run to distil instead of training one here")
+    p.add_argument("--teacher-train-s", type=float, default=None,
+                   help="with --teacher: its training time in seconds, when its folder has no metrics.jsonl")
     p.add_argument("--recipe", default="default", help="jobs/distill.py --recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="jobs/distill.py --set (repeatable)")
     p.add_argument("--n", type=int, default=512)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "--data", str(data), "--storage", str(folder / "runs")], folder, folder / "train.log")
         else:
             teacher, teacher_wall = Path(args.teacher).resolve(), None
-        teacher_loop = loop_seconds(teacher)
+        teacher_loop = args.teacher_train_s if args.teacher_train_s else loop_seconds(teacher)
         student = folder / "runs" / "student"
         distill_wall = timed([sys.executable, str(ROOT / "jobs" / "distill.py"), "--checkpoint", str(teacher),
                                 "--data", str(data), "--storage", str(folder / "runs"), "--name", "student",
