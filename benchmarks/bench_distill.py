@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "distillation time <= the teacher's training time": distill_loop <= teacher_loop,
     }
     print(f"\nteacher training: loop {teacher_loop:.1f} s" + (f", job {teacher_wall:.1f} s" if teacher_wall else
-                                                             " (read from its metrics.jsonl)")
+                                                             (" (given by --teacher-train-s)" if args.teacher_train_s else " (read from its metrics.jsonl)"))
           + f"; distillation: loop {distill_loop:.1f} s, job {distill_wall:.1f} s; ratio (loops) "
           f"{distill_loop / teacher_loop:.2f}")
     print(f"K=2: FD {s2['fd_ratio']['mean']:.3f} = {s2['fd_ratio']['mean'] / t['fd_ratio']['mean']:.2f}x the teacher's "
