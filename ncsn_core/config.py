@@ -228,9 +228,9 @@ class Config:
         _check(source, "training.loss_weighting", self.training.loss_weighting, ("sigma_power", "edm"))
         _check(source, "training.sigma_draw", self.training.sigma_draw, ("ladder", "lognormal"))
         if self.training.sigma_draw == "lognormal":
-            if self.model.kind not in ("mlp", "unet"):
+            if self.model.kind not in ("mlp", "unet", "ncsnv2"):
                 raise ConfigError(f"{source}: training.sigma_draw lognormal draws sigmas between the ladder's levels, "
-                                  f"which only a network conditioned on sigma's value takes (model.kind mlp or unet), "
+                                  f"which only a network that takes any sigma takes (model.kind mlp, unet or ncsnv2), "
                                   f"not {self.model.kind!r}")
             if self.training.loss != "dsm":
                 raise ConfigError(f"{source}: training.sigma_draw lognormal is for training.loss dsm")

@@ -149,9 +149,12 @@ class NCSNv2(_RefineNetScore):
         self.register_buffer("sigmas", sigmas.detach().clone().to(torch.float32))
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64. Returns ``(B, C, H, W)``."""
-        scale = self.sigmas[level].view(-1, *([1] * (x.ndim - 1)))
-        return self.refinenet(x, level) / scale
+        """``x``: ``(B, C, H, W)`` pixels in [0, 1]; ``level``: ``(B,)`` int64 indices into the ladder,
+        or a float ``(B,)`` tensor of sigmas themselves (the network is unconditional: sigma only
+        scales its output). Returns ``(B, C, H, W)``."""
+        sigma = level.to(x.dtype) if level.is_floating_point() else self.sigmas[level]
+        unconditional = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.refinenet(x, unconditional) / sigma.view(-1, *([1] * (x.ndim - 1)))
 
 
 class _Preconditioned(nn.Module):

@@ -111,13 +111,23 @@ def test_float_sigmas_train_as_the_ladder_levels_they_equal():
     assert nearest_levels(between, sigmas).tolist() == [0, 2, 2, 4, 4]
 
 
-def test_a_lognormal_draw_needs_a_network_conditioned_on_sigmas_value():
+def test_a_lognormal_draw_needs_a_network_that_takes_any_sigma():
+    """NCSN, conditioned on ladder indices, is refused by name; NCSNv2 (sigma only scales its
+    output) takes the drawn sigmas, and gives at a ladder sigma what it gives at that level's index."""
     base = load_config(configs.resolve("digits")).to_dict()
-    for kind in ("ncsn", "ncsnv2"):
-        bad = {**base, "model": {**base["model"], "kind": kind},
-               "training": {**base["training"], "sigma_draw": "lognormal"}}
-        with pytest.raises(ConfigError, match="sigma_draw lognormal"):
-            config_from_dict(bad, "test")
+    bad = {**base, "model": {**base["model"], "kind": "ncsn"}, "training": {**base["training"], "sigma_draw": "lognormal"}}
+    with pytest.raises(ConfigError, match="sigma_draw lognormal"):
+        config_from_dict(bad, "test")
+    v2 = load_config(configs.resolve("digits-ncsnv2")).to_dict()
+    v2 = config_from_dict({**v2, "noise": {**v2["noise"], "sigma_max": 4.0, "num_levels": 6},
+                           "sampling": {**v2["sampling"], "eps": 1e-5},
+                           "training": {**v2["training"], "sigma_draw": "lognormal"}}, "test")
+    torch.manual_seed(0)
+    network = build_model(v2)
+    x, index = torch.rand(3, 1, 8, 8), torch.tensor([0, 2, 5])
+    assert torch.equal(network(x, network.sigmas[index]), network(x, index))
+    drawn = torch.tensor([3.3, 0.5, 0.09])
+    assert torch.allclose(network(x, drawn) * drawn.view(-1, 1, 1, 1), network(x, index) * network.sigmas[index].view(-1, 1, 1, 1))
     with pytest.raises(ConfigError, match="sigma_std"):
         config_from_dict({**base, "training": {**base["training"], "sigma_draw": "lognormal", "sigma_std": 0}}, "t")
 
