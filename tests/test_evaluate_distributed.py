@@ -33,6 +33,23 @@ N_SAMPLES, N_REFERENCE, BATCH = 24, 32, 8
 
 pytestmark = [pytest.mark.ray]
 
+# Ray Data starts a pool's actors asynchronously and hands shards to whichever is up: with a
+# few tiny shards the first actor can read them all before the second has started, so "two
+# actors shared the work" would depend on the machine's speed. Ray's own knob makes the pool
+# start its work once every actor is up; the tests assert the spread under it.
+WAIT_FOR_ACTORS_S = 120
+
+
+@pytest.fixture
+def pool_starts_when_full():
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    before = context.wait_for_min_actors_s
+    context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S
+    yield
+    context.wait_for_min_actors_s = before
+
 
 @pytest.fixture(scope="module")
 def sets(module_bucket):
@@ -64,7 +81,8 @@ def _torch_fidelity_scores(samples: np.ndarray, reference: np.ndarray, weights: 
 
 
 @pytest.mark.timeout(600)
-def test_actor_pool_scores_equal_torch_fidelity_and_stream_the_shards(ray_local, sets, inception_weights_file):
+def test_actor_pool_scores_equal_torch_fidelity_and_stream_the_shards(ray_local, sets, inception_weights_file,
+                                                                       pool_starts_when_full):
     lines: list[str] = []
     result = evaluate_on_ray(sets["samples_uri"], sets["reference_uri"], metrics="fid,isc,kid,prc",
                              inception_weights=str(inception_weights_file), endpoint_url=sets["endpoint"],
@@ -195,7 +213,8 @@ def test_fd_dinov2_runs_offline_from_the_torch_hub_cache(tmp_path):
     write_sample_set(Storage.from_uri(str(samples)), digits_uint8(12), shard_size=4)
     write_dataset(Storage.from_uri(str(same)), digits_uint8(12), shard_size=4)
     write_dataset(Storage.from_uri(str(other)), 255 - digits_uint8(12), shard_size=4)
-    env = {**os.environ, **DEAD_PROXY, "TORCH_HOME": str(tmp_path / "torch-home")}
+    env = {**os.environ, **DEAD_PROXY, "TORCH_HOME": str(tmp_path / "torch-home"),
+           "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": str(WAIT_FOR_ACTORS_S)}
     scores = {}
     # The actor pool against identical images, this process (--no-ray) against other ones.
     for name, reference, path in (("same", same, ["--num-actors", "2"]), ("other", other, ["--no-ray"])):
