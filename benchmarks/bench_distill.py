@@ -19,7 +19,7 @@ With ``--teacher RUN`` the teacher is not trained here and its training time is 
 ``metrics.jsonl`` (measured when it was trained, perhaps on a busier or quieter machine: the
 time ratio is then only indicative). The machine and its plain-loop speed are printed first.
 
-    python benchmarks/bench_distill.py [--config digits] [--teacher RUN] [--recipe default]
+    python benchmarks/bench_distill.py [--config digits] [--teacher RUN] [--recipe auto]
         [--n 512] [--seed-sets 3] [--keep DIR] [--json out.json]
 """
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None, help="a trained run to distil instead of training one here")
     p.add_argument("--teacher-train-s", type=float, default=None,
                    help="with --teacher: its training time in seconds, when its folder has no metrics.jsonl")
-    p.add_argument("--recipe", default="default", help="jobs/distill.py --recipe")
+    p.add_argument("--recipe", default="auto", help="jobs/distill.py --recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="jobs/distill.py --set (repeatable)")
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--seed-sets", type=int, default=3)

@@ -188,3 +188,24 @@ def test_bad_input_exits_2_with_nothing_written(digits_local, recipe, tmp_path):
         assert message in done.stderr, (name, done.stderr[-2000:])
         assert "Traceback" not in done.stderr
         assert not (storage / name).exists(), f"{name}: a run folder was written"
+
+
+def test_the_recipe_auto_picks_follows_the_teachers_kind(tmp_path):
+    """An NCSNv2 teacher gets the ncsnv2 recipe (its 2-step student re-noises higher: rho 3),
+    any other the default (rho 7); a recipe named by the user is used as named."""
+    from ncsn_ray.train.distill import student_config
+
+    for folder in ("v2", "unet"):
+        (tmp_path / folder).mkdir()
+    ncsnv2 = _fake_checkpoint(tmp_path / "v2" / "ncsnv2.pt", model={"kind": "ncsnv2", "ngf": 2},
+                              training={"sigma_draw": "ladder", "loss_weighting": "sigma_power"})
+    unet = _fake_checkpoint(tmp_path / "unet" / "unet.pt")
+    lines: list[str] = []
+    picked = {(name, recipe): student_config(str(path), recipe, [], endpoint_url=None, log=lines.append)
+              for name, path in (("ncsnv2", ncsnv2), ("unet", unet)) for recipe in ("auto", "default")}
+    assert picked[("ncsnv2", "auto")].sampling.rho == 3.0 and picked[("ncsnv2", "default")].sampling.rho == 7.0
+    assert picked[("unet", "auto")].sampling.rho == 7.0 == picked[("unet", "default")].sampling.rho
+    assert "recipe ncsnv2.yaml (auto, for this teacher)" in lines[0]
+    assert "recipe default.yaml (auto, for this teacher)" in lines[2] and "recipe default.yaml:" in lines[3]
+    for config in picked.values():  # the rest of the recipe is the same
+        assert (config.consistency.levels, config.consistency.huber_c, config.training.steps) == (6, 0.3, 1000)

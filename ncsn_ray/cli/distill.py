@@ -1,7 +1,7 @@
 """Distil a trained run into a consistency model: one or two network evaluations per sample.
 
     python jobs/distill.py --checkpoint RUN [--data URI] [--storage URI] [--name NAME]
-        [--recipe default|YAML] [--num-workers N] [--use-gpu] [--steps N] [--set section.key=value ...]
+        [--recipe auto|default|ncsnv2|YAML] [--num-workers N] [--use-gpu] [--steps N] [--set section.key=value ...]
 
 The teacher (--checkpoint: a run folder, meaning its newest checkpoint, a checkpoint folder or
 a .pt file; --set consistency.teacher_weights=trained for its trained weights instead of its
@@ -10,9 +10,10 @@ NCSNv2); an NCSN network, conditioned on the index of its trained levels, is ref
 The student is a consistency function f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(x, sigma)
 with f(x, sigma_min) = x exactly, F a network of the teacher's kind started from its weights,
 trained by consistency distillation (Song et al. 2023): one Heun step of the teacher's
-probability-flow ODE between neighbouring sigmas of an 18-sigma rho-schedule, a stop-gradient
-target and iCT's pseudo-Huber distance (the recipe, ncsn_ray/configs/distill/default.yaml,
-holds every setting; the student's config records it all).
+probability-flow ODE between neighbouring sigmas of an N-sigma rho-schedule (N = 6), a
+stop-gradient target and iCT's pseudo-Huber distance. The recipe holds every setting and the
+student's config records it all: ncsn_ray/configs/distill/default.yaml, or ncsnv2.yaml for an
+NCSNv2 teacher (its 2-step sampler re-noises higher); --recipe auto, the default, picks.
 
 The student is a run like any trained one: the same Ray Train job (DDP over the Parquet shards,
 checkpoints in <storage>/<name>, exact resumption by re-running the same command, worker
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = job_parser(__doc__, "distill")
     p.add_argument("--checkpoint", required=True, help="the teacher: a run folder (its newest checkpoint), a "
                    "checkpoint folder or a .pt file, local or in object storage")
-    p.add_argument("--recipe", default="default", help="a shipped distillation recipe's name (default) or a YAML "
-                   "file with training, sampling and consistency sections (default: %(default)s)")
+    p.add_argument("--recipe", default="auto", help="a shipped distillation recipe's name (default, ncsnv2), a YAML "
+                   "file with training, sampling and consistency sections, or auto: ncsnv2 for an NCSNv2 teacher, "
+                   "default for others (default: %(default)s)")
     add_run_flags(p)
     return p
 

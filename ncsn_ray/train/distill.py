@@ -14,7 +14,9 @@ trackers); only its config differs. :func:`student_config` builds it:
   its checkpoint file's URI, SHA-256 and step, which every worker checks.
 
 Recipes are YAML files holding those three sections: a shipped one's name
-(``ncsn_ray/configs/distill/<name>.yaml``: ``default``) or a path. ``--set`` overrides apply last.
+(``ncsn_ray/configs/distill/<name>.yaml``: ``default``, ``ncsnv2``), a path, or ``auto`` (the
+default): ``ncsnv2`` for an NCSNv2 teacher, ``default`` for the others. ``--set`` overrides apply
+last.
 A teacher that cannot teach is refused by name before anything starts: a network conditioned
 on ladder indices (NCSN), a consistency model, a toy.
 """
@@ -34,10 +36,13 @@ from ..console import Log
 from ..errors import UserError
 from .checkpoints import pin_checkpoint
 
-__all__ = ["RECIPE_DIR", "recipe_path", "student_config", "DEFAULT_RECIPE"]
+__all__ = ["RECIPE_DIR", "recipe_path", "recipe_for", "student_config", "DEFAULT_RECIPE"]
 
 RECIPE_DIR = configs.CONFIG_DIR / "distill"
-DEFAULT_RECIPE = "default"
+DEFAULT_RECIPE = "auto"
+# The shipped recipe ``auto`` picks for a teacher's model.kind (others: ``default``). NCSNv2's
+# network is score-parametrised and unconditional: its students sample best re-noising higher.
+RECIPE_FOR_KIND = {"ncsnv2": "ncsnv2"}
 RECIPE_SECTIONS = ("training", "sampling", "consistency")
 TEACHER_KINDS = ("ncsnv2", "mlp", "unet")
 
@@ -52,6 +57,11 @@ def recipe_path(reference: str) -> Path:
                               "path of a YAML file)")
         return path
     return Path(reference)
+
+
+def recipe_for(reference: str, teacher_kind: str) -> str:
+    """``reference`` itself, or for ``auto`` the shipped recipe for a teacher of ``teacher_kind``."""
+    return RECIPE_FOR_KIND.get(teacher_kind, "default") if reference == "auto" else reference
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -84,7 +94,7 @@ def student_config(teacher_uri: str, recipe: str, overrides: list[str], *, endpo
                "teacher's probability-flow ODE steps need" if tc.model.kind == "ncsn" else "is not an image model")
         raise UserError(f"{pinned.uri}: a teacher of model.kind {tc.model.kind!r} cannot be distilled: it {why}; "
                         f"distil a network that takes any sigma ({', '.join(TEACHER_KINDS)})")
-    path = recipe_path(recipe)
+    path = recipe_path(recipe_for(recipe, tc.model.kind))
     raw_recipe = _read_recipe(path)
     raw = tc.to_dict()
     raw["training"] = {**raw["training"], "loss": "dsm", "sigma_draw": "ladder",
@@ -103,6 +113,6 @@ def student_config(teacher_uri: str, recipe: str, overrides: list[str], *, endpo
         config = apply_overrides(config, overrides, source=f"{path} with overrides")
     c = config.consistency
     log(f"[distill] teacher {pinned.uri} (step {pinned.step}, {tc.model.kind}, {c.teacher_weights} weights); "
-        f"recipe {path.name}: {c.levels} sigmas of the teacher's range, boundary {c.sigma_min:g}, {c.distance} "
+        f"recipe {path.name}{' (auto, for this teacher)' if recipe == 'auto' else ''}: {c.levels} sigmas of the teacher's range, boundary {c.sigma_min:g}, {c.distance} "
         f"distance, {c.weighting} weighting, stop-gradient target")
     return config
