@@ -28,7 +28,11 @@ single-fault schedule of a seed is what it always was:
 ``node_churn``     the job runs elastic (training ``--num-workers 1-3``, generation
                    ``--min-actors 1 --num-actors 3``); the node hosting one of its workers or
                    actors is removed at one moment and a fresh node joins at a later one (a
-                   spot reclaim, then its replacement), so the job shrinks and may grow again
+                   spot reclaim, then its replacement), so the job shrinks and may grow again.
+                   A training churn trial's moments are fractions of the undisturbed run's
+                   stepping (from its first logged step to its end), not of its wall time:
+                   start-up is most of a tiny run's wall, and a node lost there hits a group
+                   that has not trained yet
 ``A+B``            two different single faults in one run, at two moments (the first never
                    ``driver_killed``, which would end the run before the second)
 
@@ -97,7 +101,7 @@ class Trial:
     index: int
     job: str  # generation | training
     fault: str
-    at: float  # moment of the fault, as a fraction of the undisturbed run's wall time
+    at: float  # moment of the fault, as a fraction of the undisturbed run's wall time (see Rig.moment)
     outage_s: float  # store_outage only
     choice: int  # which matching process or node, when there are several
     second: str | None = None  # a second fault (two-fault trials; node_churn: the node that joins)
@@ -194,6 +198,7 @@ class Rig:
         self.config.write_text(yaml.safe_dump(TINY_CONFIG))
         self.data = f"s3://{self.bucket}/data/digits"
         self.reference_seconds: dict[str, float] = {}
+        self.reference_first_step_s: dict[str, float] = {}  # training: launch to its first step line
 
     def uri(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", *parts])
@@ -219,11 +224,19 @@ class Rig:
         for job in ("training", "generation"):  # generation samples the reference training run
             started = time.monotonic()
             out = self.uri("train" if job == "training" else "gen", "reference")
-            result = subprocess.run(self.command(job, out), env=self.env(), capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"the undisturbed {job} run failed:\n{result.stdout}\n{result.stderr}")
+            driver = subprocess.Popen(self.command(job, out), env=self.env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+            lines = []
+            for line in driver.stdout:  # read as printed, to time the first training step
+                lines.append(line)
+                if "[train] step " in line and job not in self.reference_first_step_s:
+                    self.reference_first_step_s[job] = time.monotonic() - started
+            if driver.wait() != 0:
+                raise RuntimeError(f"the undisturbed {job} run failed:\n{''.join(lines)}")
             self.reference_seconds[job] = time.monotonic() - started
-            log(f"undisturbed {job} run: {self.reference_seconds[job]:.1f} s")
+            first = self.reference_first_step_s.get(job)
+            log(f"undisturbed {job} run: {self.reference_seconds[job]:.1f} s"
+                + (f" (first step logged after {first:.1f} s)" if first is not None else ""))
         from ncsn_ray.io.storage import Storage
         from ncsn_ray.testing.digests import training_state_digests
 
@@ -231,6 +244,13 @@ class Rig:
         self.reference_bytes = run.read_bytes(f"checkpoint_{TRAIN_STEPS:08d}/checkpoint.pt")
         self.reference_digests = training_state_digests(self.reference_bytes)
         self.reference_workers = worker_counts(run)
+
+    def moment(self, trial: "Trial", at: float) -> float:
+        """Seconds after launch for the fraction ``at`` of the undisturbed run: of its wall time,
+        or for a training churn trial of its stepping (first logged step to end)."""
+        total = self.reference_seconds[trial.job]
+        first = self.reference_first_step_s.get(trial.job) if trial.elastic and trial.job == "training" else None
+        return at * total if first is None else first + at * (total - first)
 
     def worker_nodes(self) -> list:
         return [n for n in self.cluster.list_all_nodes() if n is not self.cluster.head_node]
@@ -381,7 +401,7 @@ def run_trial(trial: Trial, rig: Rig, keep_logs: Path | None = None) -> Outcome:
             if attempt == 0:
                 landed = []
                 for at, kind in faults:
-                    fire = started + at * rig.reference_seconds[trial.job]
+                    fire = started + rig.moment(trial, at)
                     while driver.poll() is None and time.monotonic() < fire:
                         time.sleep(0.05)
                     landed.append(driver.poll() is None and inject(kind, trial, rig, driver))
@@ -459,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"schedule (seed {args.seed}):")
     for t in trials:
         log(f"  trial {t.index}: {t.job} {t.label} at {t.at:.0%}" + (f" and {t.at2:.0%}" if t.second else "")
-            + " of the undisturbed run"
+            + (" of the undisturbed run's stepping" if t.elastic and t.job == "training" else " of the undisturbed run")
             + (f", store down {t.outage_s} s" if "store_outage" in (t.fault, t.second) else "")
             + (" (elastic: a node removed, then one added)" if t.elastic else ""))
     with tempfile.TemporaryDirectory() as workdir:
