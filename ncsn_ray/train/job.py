@@ -44,6 +44,7 @@ DEFAULT_CONFIG = "digits"  # a shipped config (ncsn_ray/configs/digits.yaml)
 AUTO_PREPARED = ("digits", "mnist", "cifar10", "celeba", "celeba64")
 IMAGE_MODELS = ("ncsn", "ncsnv2", "unet", "mlp")
 CACHE_LIMIT_BYTES = 1 << 30  # decoded datasets up to this size train in memory (data_cache "auto")
+HEALTH_CHECK_INTERVAL_S = 0.5  # Ray Train controller's poll of its workers, seconds (Ray's default: 2; see _fit)
 
 
 
@@ -376,6 +377,12 @@ def _fit(options: TrainOptions, config: Config, name: str, run_location: Storage
     # works without it), and in Ray 2.60 it logs an error line at every start
     # (ray-project/ray#53727). Off unless the user turns it on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # Ray Train's controller looks at its workers every HEALTH_CHECK_INTERVAL_S (Ray's default
+    # 2 s) and notices a started group, a finished one and a failed worker only then: a job
+    # waits about two intervals for nothing. An 8-step job on 2 cores of an AMD EPYC took 21.9 s
+    # at 2 s (mean of 3), 19.3 s at 1 s, 18.3 s at 0.5 s (mean of 3), 16.4 s at 0.25 s. The poll is one
+    # small RPC per worker; Ray passes the variable on to its controller. Set it to override.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     low, high = worker_range(options.num_workers)
     if low != high:
         # After a lost node Ray's elastic policy may ask for the old size once more (its view
