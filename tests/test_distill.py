@@ -207,5 +207,10 @@ def test_the_recipe_auto_picks_follows_the_teachers_kind(tmp_path):
     assert picked[("unet", "auto")].sampling.rho == 7.0 == picked[("unet", "default")].sampling.rho
     assert "recipe ncsnv2.yaml (auto, for this teacher)" in lines[0]
     assert "recipe default.yaml (auto, for this teacher)" in lines[2] and "recipe default.yaml:" in lines[3]
-    for config in picked.values():  # the rest of the recipe is the same
-        assert (config.consistency.levels, config.consistency.huber_c, config.training.steps) == (6, 0.3, 1000)
+    # The two shipped recipes differ in sampling.rho alone (the docs say so; a retune of one
+    # must be carried to the other or this fails).
+    from ncsn_ray.train.distill import RECIPE_DIR
+
+    default, ncsnv2_recipe = (yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text()) for name in ("default", "ncsnv2"))
+    assert (default["sampling"].pop("rho"), ncsnv2_recipe["sampling"].pop("rho")) == (7.0, 3.0)
+    assert default == ncsnv2_recipe
