@@ -149,7 +149,10 @@ def test_a_generation_pool_grows_as_nodes_join_and_goes_on_when_one_is_lost(tmp_
 
     run = tmp_path / "run"
     make_tiny_run(run)
-    settings = dict(n=24, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=60)
+    # 150 steps per level: shards slow enough (about 3 s each here) that the pool has time to
+    # grow onto the joining nodes before the job ends, on a fast machine too (at 60 steps a
+    # 17 s job once ended on its first actor).
+    settings = dict(n=24, checkpoint=str(run), shard_size=2, batch_size=2, steps_per_level=150)
     node = {"num_cpus": 1, "object_store_memory": 100_000_000}
     cluster = Cluster(initialize_head=True, head_node_args=_HEAD)
     try:
