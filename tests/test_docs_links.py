@@ -64,7 +64,8 @@ def test_every_relative_link_and_anchor_resolves(page):
             path, _, anchor = target.partition("#")
             destination = (page.parent / path).resolve() if path else page
             if not destination.exists():
-                broken.append(f"{target}: no file {destination.relative_to(REPO) if REPO in destination.parents else destination}")
+                shown = destination.relative_to(REPO) if REPO in destination.parents else destination
+                broken.append(f"{target}: no file {shown}")
             elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
                 broken.append(f"{target}: no heading with anchor #{anchor} in {destination.name}")
     assert not broken, "\n".join(broken)

@@ -112,7 +112,8 @@ def student_config(teacher_uri: str, recipe: str, overrides: list[str], *, endpo
             raise UserError(f"{', '.join(pinned_keys)}: the teacher is pinned by --checkpoint, not set by hand")
         config = apply_overrides(config, overrides, source=f"{path} with overrides")
     c = config.consistency
+    picked = " (auto, for this teacher)" if recipe == "auto" else ""
     log(f"[distill] teacher {pinned.uri} (step {pinned.step}, {tc.model.kind}, {c.teacher_weights} weights); "
-        f"recipe {path.name}{' (auto, for this teacher)' if recipe == 'auto' else ''}: {c.levels} sigmas of the teacher's range, boundary {c.sigma_min:g}, {c.distance} "
-        f"distance, {c.weighting} weighting, stop-gradient target")
+        f"recipe {path.name}{picked}: {c.levels} sigmas of the teacher's range, boundary {c.sigma_min:g}, "
+        f"{c.distance} distance, {c.weighting} weighting, stop-gradient target")
     return config
